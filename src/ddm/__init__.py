@@ -1,0 +1,3 @@
+"""Dataset condensation by distribution matching: DM, IDM and DDM."""
+
+__version__ = "0.1.0"
