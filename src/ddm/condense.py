@@ -1,0 +1,557 @@
+"""The condensation loop shared by DM, DDM (and the IDM base).
+
+One iteration (METHOD.md sections 3-4): take a randomly initialised, frozen network; for every
+class draw a real batch and one Siamese DSA draw shared by the real batch and the synthetic
+images of that class; compare them through the objective (a weighted sum of terms); take one
+SGD step on the pixels.
+
+The real side needs no gradient and enters every term only through batch means (mean
+embedding, mean feature map, mean Gram matrix), so it is pushed through the network in
+chunks under ``torch.no_grad`` and reduced to those statistics at once. With instance norm
+every sample is independent and chunks may mix classes; with batch norm all classes go
+through together, as in the reference.
+
+Randomness: every iteration draws from its own generator seeded by (seed, iteration), and the
+network of iteration t is initialised from (seed, t). A checkpoint therefore needs only the
+pixels, the momentum buffer and the iteration, and a resumed run ends exactly where an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .augment import DSAParams, apply, sample_params
+from .config import CondenseConfig
+from .data import Dataset, load_dataset
+from .io import (
+    META_FILE,
+    SYNTHETIC_FILE,
+    RunFolderError,
+    SyntheticSet,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    save_grid,
+    save_synthetic,
+    save_tensors,
+)
+from .losses import (
+    correlation_from_stats,
+    default_icd_k,
+    diversity_loss,
+    mean_gram,
+    mean_map,
+    mmd_from_stats,
+    moments_from_stats,
+)
+from .models import build_model, uses_batchnorm
+from .runtime import Stream, generator, resolve_device, seed_for
+
+__all__ = [
+    "NonFiniteLossError",
+    "condense",
+    "prepare_run_folder",
+    "TERMS",
+]
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.csv"
+GRID_FILE = "grid.png"
+RUN_FILES = (
+    SYNTHETIC_FILE,
+    META_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    GRID_FILE,
+    CHECKPOINT_FILE,
+    "metrics.json",
+)
+TERMS = ("mmd", "mm", "cm", "icd")  # logged unweighted, summed over classes
+# Settings a resumed run may change (they do not change what an iteration computes).
+RESUMABLE_CHANGES = {
+    "iterations",
+    "checkpoint_every",
+    "device",
+    "real_chunk",
+    "data_root",
+    "compile",
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The objective became NaN or infinite; the run stopped at its last good checkpoint."""
+
+
+# --- small utilities -----------------------------------------------------------------------------
+
+
+def reinit_(net: nn.Module, seed: int) -> nn.Module:
+    """Re-draw every parameter with PyTorch's default initialisation, from ``seed``.
+
+    Same values as constructing the network afresh under that seed, without rebuilding it
+    (so a compiled forward stays valid across iterations).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in net.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return net
+
+
+# --- run folder -----------------------------------------------------------------------------------
+
+
+def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create/validate the output folder: refuse to clobber a run unless asked to."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; choose one")
+    has_run = out.exists() and any((out / f).exists() for f in (META_FILE, CHECKPOINT_FILE))
+    if resume and not (out / CHECKPOINT_FILE).exists():
+        raise RunFolderError(f"--resume: no checkpoint in {out}; start a new run without --resume")
+    if has_run and not resume and not overwrite:
+        raise RunFolderError(
+            f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise RunFolderError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+    if overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+# --- initialisation -----------------------------------------------------------------------------
+
+
+def initial_images(
+    dataset: Dataset, ipc: int, init: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ipc random real images per class (or N(0,1) noise), class-major order."""
+    counts = dataset.train.class_counts()
+    smallest = int(counts.min())
+    if ipc > smallest:
+        worst = int(counts.argmin())
+        raise ValueError(
+            f"ipc {ipc} is larger than the smallest class of {dataset.name} "
+            f"(class {worst} '{dataset.classes[worst]}' has {smallest} training images); "
+            f"use --ipc {smallest} or less"
+        )
+    images = []
+    for c in range(dataset.num_classes):
+        if init == "real":
+            images.append(dataset.class_batch(c, ipc, generator))
+        else:
+            shape = (ipc, dataset.channels, dataset.image_size, dataset.image_size)
+            images.append(torch.randn(shape, generator=generator))
+    labels = torch.arange(dataset.num_classes).repeat_interleave(ipc)
+    return torch.cat(images), labels
+
+
+# --- one matching step ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Weights:
+    w_mm: float
+    w_cm: float
+    w_icd: float
+    icd_k: int
+    neighbour_grad: bool
+
+    @property
+    def needs_maps(self) -> bool:
+        return self.w_mm > 0 or self.w_cm > 0
+
+
+@dataclass
+class _RealStats:
+    emb: torch.Tensor  # D
+    map_means: list[torch.Tensor]  # per layer C x H x W (only when moments are matched)
+    grams: list[torch.Tensor]  # per layer C x C (only when correlations are matched)
+
+
+def _features(net: nn.Module, x: torch.Tensor, needs_maps: bool):
+    if needs_maps:
+        return net.embed_and_maps(x)
+    return net.embed(x), []
+
+
+def real_statistics(
+    net: nn.Module,
+    batches: list[torch.Tensor],
+    params: list[DSAParams],
+    weights: _Weights,
+    chunk_images: int,
+    device: torch.device,
+    autocast: Any,
+    channels_last: bool,
+) -> list[_RealStats]:
+    """Per-class batch means of the augmented real batches, without autograd, in chunks.
+
+    ``chunk_images`` bounds the images per forward (whole classes are kept together);
+    0 puts every class in one forward (required for batch norm).
+    """
+    stats: list[_RealStats] = []
+    c, n_classes = 0, len(batches)
+    with torch.no_grad():
+        while c < n_classes:
+            group, size = [c], len(batches[c])
+            while c + len(group) < n_classes and (
+                chunk_images == 0 or size + len(batches[c + len(group)]) <= chunk_images
+            ):
+                size += len(batches[c + len(group)])
+                group.append(c + len(group))
+            x = torch.cat(
+                [apply(batches[k].to(device, non_blocking=True), params[k]) for k in group]
+            )
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                emb, maps = _features(net, x, weights.needs_maps)
+            sizes = [len(batches[k]) for k in group]
+            embs = emb.float().split(sizes)
+            per_layer = [m.float().split(sizes) for m in maps]
+            for i in range(len(group)):
+                layer_maps = [layer[i] for layer in per_layer]
+                stats.append(
+                    _RealStats(
+                        emb=embs[i].mean(0),
+                        map_means=[mean_map(m) for m in layer_maps] if weights.w_mm > 0 else [],
+                        grams=[mean_gram(m) for m in layer_maps] if weights.w_cm > 0 else [],
+                    )
+                )
+            c += len(group)
+    return stats
+
+
+def objective(
+    net: nn.Module,
+    real: list[_RealStats],
+    syn_images: torch.Tensor,
+    syn_sizes: list[int],
+    params: list[DSAParams],
+    weights: _Weights,
+    autocast: Any,
+    channels_last: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over classes of L_MMD + w_mm L_MM + w_cm L_CM + w_icd L_ICD; also the raw terms."""
+    per_class = syn_images.split(syn_sizes)
+    x = torch.cat([apply(s, p) for s, p in zip(per_class, params, strict=True)])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        emb, maps = _features(net, x, weights.needs_maps)
+    embs = emb.float().split(syn_sizes)
+    layer_maps = [m.float().split(syn_sizes) for m in maps]
+    total = emb.new_zeros((), dtype=torch.float32)
+    terms = dict.fromkeys(TERMS, 0.0)
+    for c, stat in enumerate(real):
+        syn_maps = [layer[c] for layer in layer_maps]
+        parts = {"mmd": (1.0, mmd_from_stats(stat.emb, embs[c]))}
+        if weights.w_mm > 0:
+            parts["mm"] = (weights.w_mm, moments_from_stats(stat.map_means, syn_maps))
+        if weights.w_cm > 0:
+            parts["cm"] = (weights.w_cm, correlation_from_stats(stat.grams, syn_maps))
+        if weights.w_icd > 0 and weights.icd_k > 0:
+            parts["icd"] = (
+                weights.w_icd,
+                diversity_loss(embs[c], weights.icd_k, weights.neighbour_grad),
+            )
+        for name, (w, value) in parts.items():
+            total = total + w * value
+            terms[name] += float(value.detach())
+    return total, terms
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+class _Run:
+    """State of one condensation run: pixels, optimiser, iteration, outputs."""
+
+    def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
+        self.cfg, self.dataset, self.out = cfg, dataset, out
+        self.device = resolve_device(cfg.device)
+        k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(cfg.ipc)
+        self.weights = _Weights(
+            cfg.w_mm, cfg.w_cm, cfg.w_icd, min(k, cfg.ipc - 1), cfg.icd_neighbour_grad
+        )
+        self.strategy = dataset.dsa_strategy if cfg.dsa else "none"
+        images, self.labels = initial_images(
+            dataset, cfg.ipc, cfg.init, generator(cfg.seed, Stream.INIT)
+        )
+        self.images = images.to(self.device).requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.iteration = 0
+        self.net = build_model(
+            cfg.model, dataset.channels, dataset.num_classes, dataset.image_size
+        ).to(self.device)
+        self.net.train()
+        self.net.requires_grad_(False)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.forward_net: nn.Module = torch.compile(self.net) if cfg.compile else self.net
+        self.batchnorm = uses_batchnorm(self.net)
+        self.chunk = 0 if self.batchnorm else (cfg.real_chunk or _auto_chunk(self.device))
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.sizes = [cfg.ipc] * dataset.num_classes
+
+    # one iteration -------------------------------------------------------------------------------
+
+    def step(self) -> tuple[float, dict[str, float]]:
+        cfg, it = self.cfg, self.iteration
+        gen = generator(cfg.seed, Stream.ITER, it)
+        reinit_(self.net, seed_for(cfg.seed, Stream.NET, it))
+        size = (self.dataset.image_size, self.dataset.image_size)
+        batches, params = [], []
+        for c in range(self.dataset.num_classes):
+            batches.append(self.dataset.class_batch(c, cfg.batch_real, gen))
+            params.append(sample_params(self.strategy, cfg.ipc, size, gen, siamese=True))
+        real = real_statistics(
+            self.forward_net,
+            batches,
+            params,
+            self.weights,
+            self.chunk,
+            self.device,
+            self.autocast,
+            cfg.channels_last,
+        )
+        loss, terms = objective(
+            self.forward_net,
+            real,
+            self.images,
+            self.sizes,
+            params,
+            self.weights,
+            self.autocast,
+            cfg.channels_last,
+        )
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss became {value} at iteration {it + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return value, terms
+
+    # checkpoints ------------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"images": self.images.detach()}
+        buf = self.optimizer.state.get(self.images, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors["momentum"] = buf
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor], iteration: int) -> None:
+        with torch.no_grad():
+            self.images.copy_(tensors["images"].to(self.device))
+        if "momentum" in tensors:
+            self.optimizer.state[self.images]["momentum_buffer"] = (
+                tensors["momentum"].to(self.device).clone()
+            )
+        self.iteration = iteration
+
+    def synthetic(self) -> SyntheticSet:
+        d = self.dataset
+        meta = {
+            "dataset": d.name,
+            "classes": list(d.classes),
+            "num_classes": d.num_classes,
+            "ipc": self.cfg.ipc,
+            "method": self.cfg.method,
+            "base": self.cfg.base,
+            "image_size": d.image_size,
+            "channels": d.channels,
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "seed": self.cfg.seed,
+            "iterations": self.iteration,
+            "iterations_planned": self.cfg.iterations,
+            "expansion_factor": 1,
+            "dsa_strategy": self.strategy,
+            "version": __version__,
+        }
+        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone(), meta)
+
+    def save(self) -> None:
+        """Checkpoint + current set + grid; each file atomic, checkpoint first."""
+        if self.out is None:
+            return
+        meta = {"iteration": str(self.iteration), "config": json.dumps(self.cfg.to_dict())}
+        save_tensors(self.out / CHECKPOINT_FILE, self.state_tensors(), meta)
+        syn = self.synthetic()
+        save_synthetic(self.out, syn)
+        save_grid(self.out / GRID_FILE, syn.denormalized(), syn.labels)
+
+
+def _auto_chunk(device: torch.device) -> int:
+    """Real images per no-grad forward: everything at once on a GPU, bounded chunks on CPU."""
+    return 0 if device.type == "cuda" else 512
+
+
+def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
+    now = cfg.to_dict()
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        for k in now
+        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+    ]
+    if diffs:
+        raise RunFolderError(
+            "--resume with settings that change the result: "
+            + "; ".join(diffs)
+            + ". Use the original settings (see config.json) or start a new run."
+        )
+
+
+class _Log:
+    """Per-iteration CSV log; on resume, rows past the checkpoint are dropped."""
+
+    FIELDS = ("iteration", "loss", *TERMS, "seconds")
+
+    def __init__(self, path: Path | None, resume_at: int) -> None:
+        self.path = path
+        if path is None:
+            return
+        rows: list[list[str]] = []
+        if resume_at > 0 and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.reader(f)][1:]
+            rows = [r for r in rows if r and int(r[0]) <= resume_at]
+        lines = [",".join(self.FIELDS)] + [",".join(r) for r in rows]
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        self.file = path.open("a", newline="")
+
+    def write(self, iteration: int, loss: float, terms: dict[str, float], seconds: float) -> None:
+        if self.path is None:
+            return
+        values = [
+            str(iteration),
+            f"{loss:.6g}",
+            *(f"{terms[t]:.6g}" for t in TERMS),
+            f"{seconds:.4f}",
+        ]
+        self.file.write(",".join(values) + "\n")
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.file.close()
+
+
+def _progress(total: int, start: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        disable=not enabled,
+        unit="it",
+        dynamic_ncols=True,
+        desc="condense",
+    )
+
+
+def condense(
+    config: CondenseConfig,
+    out: str | os.PathLike | None = None,
+    *,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> SyntheticSet:
+    """Condense ``config.dataset`` into ``config.ipc`` images per class.
+
+    With ``out``, writes the run folder (see ``ddm.io``), checkpoints every
+    ``checkpoint_every`` iterations and continues a previous run with ``resume``.
+    ``stop_after`` ends this call after that many iterations (the run stays resumable).
+    Raises ``NonFiniteLossError`` (with the last good checkpoint kept) if the loss diverges.
+    """
+    cfg = config.resolved()
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        prepare_run_folder(out_path, resume=resume, overwrite=overwrite)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    run = _Run(cfg, dataset, out_path)
+    if resume and out_path is not None:
+        tensors = load_tensors(out_path / CHECKPOINT_FILE)
+        from safetensors import safe_open
+
+        with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
+            header = f.metadata() or {}
+        _check_resumable(json.loads(header.get("config", "{}")), cfg)
+        run.load_state(tensors, int(header.get("iteration", 0)))
+    if out_path is not None:
+        atomic_write_json(out_path / CONFIG_FILE, {**cfg.to_dict(), "version": __version__})
+        if run.iteration == 0:
+            run.save()  # iteration 0: the initial images are the first good checkpoint
+    if cfg.w_icd > 0 and run.weights.icd_k <= 0:
+        _notice("ipc = 1: the intra-class diversity term has no neighbours and contributes 0")
+
+    log = _Log(out_path / LOG_FILE if out_path else None, run.iteration)
+    bar = _progress(cfg.iterations, run.iteration, progress)
+    done_here = 0
+    last_saved = run.iteration
+    try:
+        while run.iteration < cfg.iterations and (stop_after is None or done_here < stop_after):
+            t0 = time.perf_counter()
+            try:
+                loss, terms = run.step()
+            except NonFiniteLossError as exc:
+                where = (
+                    f"; the last good checkpoint (iteration {last_saved}) is in {out_path}"
+                    if out_path
+                    else ""
+                )
+                raise NonFiniteLossError(
+                    f"{exc}{where}. Lower --lr-img or the term weights, then rerun "
+                    "(with --resume to continue from the checkpoint)."
+                ) from None
+            seconds = time.perf_counter() - t0
+            done_here += 1
+            log.write(run.iteration, loss, terms, seconds)
+            bar.set_postfix(loss=f"{loss:.4g}", s_it=f"{seconds:.2f}", refresh=False)
+            bar.update(1)
+            if (
+                out_path is not None
+                and cfg.checkpoint_every > 0
+                and run.iteration % cfg.checkpoint_every == 0
+            ):
+                run.save()
+                last_saved = run.iteration
+        if out_path is not None and last_saved != run.iteration:
+            run.save()
+    finally:
+        bar.close()
+        log.close()
+    return run.synthetic()
+
+
+def _notice(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"note: {message}", file=sys.stderr)

@@ -1,0 +1,128 @@
+"""Settings as frozen dataclasses. The CLI and preset files only fill these in.
+
+``CondenseConfig.resolved()`` turns the method's defaults (METHOD.md) into explicit values;
+every run writes the resolved settings to ``config.json`` next to its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CondenseConfig", "EvalConfig", "METHODS", "BASES", "config_from_dict"]
+
+METHODS = ("dm", "ddm", "idm")
+BASES = ("dm", "idm")
+INITS = ("real", "noise")
+
+# Per-method defaults for settings left as None (METHOD.md sections 3-5).
+_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dm": {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0},
+    "idm": {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0},
+    "ddm": {"w_mm": 1e4, "w_cm": 1e4, "w_icd": 10.0},
+}
+_BASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dm": {"lr_img": 1.0},
+    "idm": {"lr_img": 0.2},
+}
+
+
+@dataclass(frozen=True)
+class CondenseConfig:
+    """Everything that decides a condensation run's result (and a few speed switches)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None  # only for image folders (resize target)
+    ipc: int = 10
+    method: str = "dm"  # dm | ddm | idm
+    base: str | None = None  # dm | idm; None: idm for method idm, else dm
+    iterations: int = 20000
+    batch_real: int = 256
+    lr_img: float | None = None  # None: 1.0 on the DM base, 0.2 on IDM
+    momentum: float = 0.5
+    init: str = "real"  # real | noise
+    model: str = "convnet"
+    dsa: bool = True
+    seed: int = 0
+    # DDM terms (None: the method's default; 0 removes the term and its cost)
+    w_mm: float | None = None
+    w_cm: float | None = None
+    w_icd: float | None = None
+    icd_k: int | None = None  # None: max(1, round(0.2 ipc)), capped at ipc - 1
+    icd_neighbour_grad: bool = True  # gradient through the neighbour mean (the reference's)
+    # run management and speed (do not change the result)
+    device: str = "auto"
+    checkpoint_every: int = 500
+    real_chunk: int = 0  # real images per no-grad forward; 0: automatic
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    def resolved(self) -> CondenseConfig:
+        """Fill method/base defaults and validate; raises ValueError with what to do."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        base = self.base or ("idm" if self.method == "idm" else "dm")
+        if base not in BASES:
+            raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
+        if self.method == "dm" and base != "dm":
+            raise ValueError("method dm runs on the dm base; use --method idm or ddm --base idm")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
+        for name in ("ipc", "iterations", "batch_real"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
+        if self.checkpoint_every < 0:
+            raise ValueError("--checkpoint-every must be >= 0 (0 = only at the end)")
+        filled: dict[str, Any] = {"base": base}
+        for key, value in {**_METHOD_DEFAULTS[self.method], **_BASE_DEFAULTS[base]}.items():
+            if getattr(self, key) is None:
+                filled[key] = value
+        out = dataclasses.replace(self, **filled)
+        for name in ("w_mm", "w_cm", "w_icd"):
+            if getattr(out, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if out.lr_img <= 0:
+            raise ValueError("--lr-img must be positive")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The field's evaluation protocol (METHOD.md section 6); epochs/runs reducible."""
+
+    model: str = "convnet"
+    epochs: int = 1000
+    runs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.runs <= 0:
+            raise ValueError("--epochs and --runs must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys with the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return cls(**values)

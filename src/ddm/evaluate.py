@@ -1,0 +1,225 @@
+"""The field's evaluation protocol (METHOD.md section 6).
+
+Train a freshly initialised network on the condensed set only (SGD lr 0.01, momentum 0.9,
+weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-image
+parameters on every batch, cross-entropy on hard labels), then test on the whole real test
+set. Repeat with several seeds; report mean +- std (population std, as the field does).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import augment
+from .config import EvalConfig
+from .data import Dataset, load_dataset
+from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json
+from .models import build_model
+from .runtime import Stream, resolve_device, seed_for
+
+__all__ = [
+    "EvalResult",
+    "train_and_test",
+    "evaluate_set",
+    "evaluate_run",
+    "accuracy",
+    "METRICS_FILE",
+]
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracies (percent) of ``runs`` freshly trained models."""
+
+    model: str
+    epochs: int
+    accuracies: list[float]
+    train_accuracies: list[float]
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} +- {self.std:.2f}"
+
+    def to_dict(self, cfg: EvalConfig) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "epochs": self.epochs,
+            "runs": len(self.accuracies),
+            "seed": cfg.seed,
+            "mean": round(self.mean, 4),
+            "std": round(self.std, 4),
+            "accuracies": [round(a, 4) for a in self.accuracies],
+            "train_accuracies": [round(a, 4) for a in self.train_accuracies],
+            "seconds": round(self.seconds, 2),
+            "protocol": cfg.to_dict(),
+        }
+
+
+def accuracy(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    batch: int = 1000,
+) -> float:
+    """Percent of ``images`` classified correctly (eval mode, no grad, in batches)."""
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(device, non_blocking=True)
+            pred = net(x).argmax(1).cpu()
+            correct += int((pred == labels[i : i + batch]).sum())
+    return 100.0 * correct / max(len(images), 1)
+
+
+def train_and_test(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    num_classes: int,
+    strategy: str,
+    cfg: EvalConfig,
+    run: int = 0,
+) -> tuple[float, float]:
+    """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %)."""
+    device = resolve_device(cfg.device)
+    channels, size = train_x.shape[1], train_x.shape[-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
+        net = build_model(cfg.model, channels, num_classes, size).to(device)
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, Stream.EVAL_TRAIN, run))
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    x_all, y_all = train_x.to(device), train_y.to(device)
+    strategy = strategy if cfg.dsa else "none"
+    n = len(x_all)
+    net.train()
+    for epoch in range(cfg.epochs):
+        if epoch == cfg.epochs // 2:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * 0.1
+        order = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            x = augment(x_all[idx], strategy, gen)
+            loss = F.cross_entropy(net(x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    train_acc = accuracy(net, train_x, train_y, device)
+    return accuracy(net, test_x, test_y, device), train_acc
+
+
+def evaluate_set(
+    syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor],
+    dataset: Dataset,
+    cfg: EvalConfig,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set."""
+    if isinstance(syn, SyntheticSet):
+        _check_compatible(syn, dataset)
+        images, labels = syn.expanded()
+    else:
+        images, labels = syn
+    test_x, test_y = dataset.test_tensors()
+    from tqdm.auto import tqdm
+
+    accs, train_accs = [], []
+    t0 = time.perf_counter()
+    for run in tqdm(
+        range(cfg.runs), desc=f"evaluate {cfg.model}", disable=not progress, unit="model"
+    ):
+        test_acc, train_acc = train_and_test(
+            images.float(),
+            labels.long(),
+            test_x,
+            test_y,
+            num_classes=dataset.num_classes,
+            strategy=dataset.dsa_strategy,
+            cfg=cfg,
+            run=run,
+        )
+        accs.append(test_acc)
+        train_accs.append(train_acc)
+    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, time.perf_counter() - t0)
+
+
+def _check_compatible(syn: SyntheticSet, dataset: Dataset) -> None:
+    meta = syn.meta
+    got = (syn.images.shape[1], syn.images.shape[-1])
+    want = (dataset.channels, dataset.image_size)
+    if got != want or meta.get("num_classes", dataset.num_classes) != dataset.num_classes:
+        raise ValueError(
+            f"the condensed set ({got[0]}x{got[1]}x{got[1]}, {meta.get('num_classes')} classes) "
+            f"does not fit dataset {dataset.name} ({want[0]}x{want[1]}x{want[1]}, "
+            f"{dataset.num_classes} classes)"
+        )
+    for key, ours in (("mean", dataset.mean), ("std", dataset.std)):
+        if key in meta and not np.allclose(meta[key], ours, atol=1e-4):
+            raise ValueError(
+                f"the condensed set was normalised with a different {key} "
+                f"({meta[key]}) than {dataset.name} ({list(ours)})"
+            )
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    cfg: EvalConfig,
+    data_root: str | None = None,
+    dataset: Dataset | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate the set in ``run_dir`` and record the result in its ``metrics.json``.
+
+    The dataset is the one named in the run's meta.json; ``data_root`` defaults to the root
+    the run was condensed from (its config.json).
+    """
+    run_dir = Path(run_dir)
+    syn = load_synthetic(run_dir)
+    if dataset is None:
+        root = data_root
+        if root is None and (run_dir / "config.json").exists():
+            root = read_json(run_dir / "config.json").get("data_root")
+        dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
+    result = evaluate_set(syn, dataset, cfg, progress=progress)
+    record_metrics(run_dir, result, cfg)
+    return result
+
+
+def record_metrics(run_dir: Path, result: EvalResult, cfg: EvalConfig) -> None:
+    """Add (or replace: same model, epochs, runs and seed) an entry in metrics.json."""
+    path = run_dir / METRICS_FILE
+    metrics = read_json(path) if path.exists() else {"evaluations": []}
+    entry = result.to_dict(cfg)
+    key = (entry["model"], entry["epochs"], entry["runs"], entry["seed"])
+    kept = [
+        e
+        for e in metrics.get("evaluations", [])
+        if (e.get("model"), e.get("epochs"), e.get("runs"), e.get("seed")) != key
+    ]
+    metrics["evaluations"] = [*kept, entry]
+    atomic_write_json(path, metrics)

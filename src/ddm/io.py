@@ -1,0 +1,236 @@
+"""Condensed sets on disk: safetensors + JSON, written atomically, and their image grids.
+
+A run folder holds (documented in README.md, "Output format"):
+
+- ``synthetic.safetensors``: ``images`` (float32, N x C x H x W, normalised space; for IDM
+  the stored, not expanded, images) and ``labels`` (int64, N).
+- ``meta.json``: dataset, classes, ipc, method, image size, channels, normalisation mean/std,
+  seed, iterations done, package version, expansion factor.
+- ``config.json``: the fully resolved settings; ``log.csv``: one row per iteration;
+  ``grid.png``; ``metrics.json`` after evaluation; ``checkpoint.*`` for resuming.
+
+Nothing here unpickles: tensors come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+__all__ = [
+    "SYNTHETIC_FILE",
+    "META_FILE",
+    "SyntheticSet",
+    "RunFolderError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "save_tensors",
+    "load_tensors",
+    "read_json",
+    "save_synthetic",
+    "load_synthetic",
+    "expand",
+    "make_grid",
+    "save_grid",
+]
+
+SYNTHETIC_FILE = "synthetic.safetensors"
+META_FILE = "meta.json"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder is missing, unreadable, unwritable or already holds a run."""
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash or a full disk never leaves a partial file.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and replace
+    ``path`` in one rename. On failure the old file (if any) is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise RunFolderError(
+                f"disk full while writing {path}; the previous version of the file is intact. "
+                "Free some space and run again (with --resume for a condensation run)."
+            ) from exc
+        raise RunFolderError(f"could not write {path}: {exc}") from exc
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_tensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Atomically save a dict of tensors as safetensors."""
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
+    atomic_write_bytes(path, blob)
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never executes code); clear error if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"missing file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunFolderError(f"{path} is not a readable safetensors file ({exc})") from exc
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc})") from exc
+
+
+# --- the condensed set -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A condensed set: stored images (normalised space), labels and metadata."""
+
+    images: torch.Tensor  # float32, N x C x H x W
+    labels: torch.Tensor  # int64, N
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expansion_factor(self) -> int:
+        return int(self.meta.get("expansion_factor", 1))
+
+    def expanded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images a network is trained on (IDM's quadrants upsampled), with labels."""
+        return expand(self.images, self.labels, self.expansion_factor)
+
+    def denormalized(self, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] for viewing, using the normalisation stored in meta."""
+        x = self.images if images is None else images
+        mean = torch.tensor(self.meta["mean"], dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.meta["std"], dtype=x.dtype).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+def save_synthetic(folder: str | os.PathLike, syn: SyntheticSet) -> None:
+    """Write ``synthetic.safetensors`` and ``meta.json`` atomically (tensors first)."""
+    folder = Path(folder)
+    images = syn.images.detach().to("cpu", torch.float32)
+    labels = syn.labels.detach().to("cpu", torch.int64)
+    if images.ndim != 4 or labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"images must be N x C x H x W with N labels, got {tuple(images.shape)}"
+            f" and {tuple(labels.shape)}"
+        )
+    save_tensors(folder / SYNTHETIC_FILE, {"images": images, "labels": labels})
+    atomic_write_json(folder / META_FILE, syn.meta)
+
+
+def load_synthetic(folder: str | os.PathLike) -> SyntheticSet:
+    """Load a condensed set from a run folder (or directly from a .safetensors file)."""
+    path = Path(folder)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    tensors = load_tensors(folder / SYNTHETIC_FILE if path.suffix != ".safetensors" else path)
+    if "images" not in tensors or "labels" not in tensors:
+        raise RunFolderError(f"{folder / SYNTHETIC_FILE} must hold tensors 'images' and 'labels'")
+    meta = read_json(folder / META_FILE)
+    images, labels = tensors["images"].float(), tensors["labels"].long()
+    if images.ndim != 4 or labels.shape != (images.shape[0],):
+        raise RunFolderError(
+            f"{folder / SYNTHETIC_FILE}: images must be N x C x H x W with N "
+            f"labels, got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    return SyntheticSet(images, labels, meta)
+
+
+# --- IDM's partition and expansion ---------------------------------------------------------
+
+
+def expand(
+    images: torch.Tensor, labels: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split each image into factor x factor tiles and upsample each back to full size.
+
+    factor 1 is the identity. IDM uses 2: 4 half-size sub-images per stored image, upsampled
+    bilinearly; labels are repeated. Differentiable, so the loop matches the expanded images.
+    Output order: all tiles of image 0, then of image 1, and so on.
+    """
+    if factor == 1:
+        return images, labels
+    n, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"image size {h}x{w} is not divisible by expansion factor {factor}")
+    th, tw = h // factor, w // factor
+    tiles = images.reshape(n, c, factor, th, factor, tw).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * factor * factor, c, th, tw)
+    up = F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+    return up, labels.repeat_interleave(factor * factor)
+
+
+# --- grids --------------------------------------------------------------------------------
+
+
+def make_grid(images01: torch.Tensor, labels: torch.Tensor, pad: int = 2) -> np.ndarray:
+    """One row per class (in label order), images in [0, 1] -> H x W x 3 uint8 array."""
+    classes = labels.unique(sorted=True).tolist()
+    rows = [images01[labels == c] for c in classes]
+    per_row = max(len(r) for r in rows)
+    _, c, h, w = images01.shape
+    grid = np.ones((len(rows) * (h + pad) + pad, per_row * (w + pad) + pad, 3), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            arr = img.detach().cpu().float().numpy().transpose(1, 2, 0)
+            if c == 1:
+                arr = np.repeat(arr, 3, axis=2)
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y : y + h, x : x + w] = arr[..., :3]
+    return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_grid(path: str | os.PathLike, images01: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write a PNG grid (one row per class), upscaled so small images stay visible."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    arr = make_grid(images01, labels)
+    img = Image.fromarray(arr)
+    scale = max(1, math.ceil(256 / max(images01.shape[-1] * 4, 1)))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,248 @@
+"""The condensation loop: statistics path, resume, determinism, bad input, DDM terms."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+import torch
+
+from ddm.augment import apply, sample_params
+from ddm.baselines import random_subset
+from ddm.condense import (
+    NonFiniteLossError,
+    _Run,
+    _Weights,
+    condense,
+    objective,
+    real_statistics,
+    reinit_,
+)
+from ddm.config import CondenseConfig
+from ddm.data import load_dataset
+from ddm.io import RunFolderError, load_synthetic
+from ddm.losses import correlation_loss, diversity_loss, mmd_loss, moments_loss
+from ddm.models import build_model
+
+TINY = CondenseConfig(dataset="digits", ipc=3, iterations=6, batch_real=24, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _log_rows(folder):
+    with (folder / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_objective_equals_public_losses(digits):
+    """The chunked statistics path gives exactly the public losses on raw outputs."""
+    torch.manual_seed(0)
+    net = build_model("convnet", 1, 10, 8).requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    classes = 3
+    batches = [digits.class_batch(c, 20, gen) for c in range(classes)]
+    params = [
+        sample_params("color_crop_cutout_scale_rotate", 4, (8, 8), gen, siamese=True)
+        for _ in range(classes)
+    ]
+    syn = torch.randn(classes * 4, 1, 8, 8, requires_grad=True)
+    w = _Weights(w_mm=3.0, w_cm=5.0, w_icd=0.5, icd_k=2, neighbour_grad=True)
+    nograd = torch.autocast("cpu", enabled=False)
+    stats = real_statistics(net, batches, params, w, 25, torch.device("cpu"), nograd, False)
+    total, terms = objective(net, stats, syn, [4] * classes, params, w, nograd, False)
+
+    expected = torch.zeros(())
+    for c in range(classes):
+        re, rm = net.embed_and_maps(apply(batches[c], params[c]))
+        se, sm = net.embed_and_maps(apply(syn[4 * c : 4 * c + 4], params[c]))
+        expected = expected + (
+            mmd_loss(re, se)
+            + 3.0 * moments_loss(rm, sm)
+            + 5.0 * correlation_loss(rm, sm)
+            + 0.5 * diversity_loss(se, 2)
+        )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["mmd"] > 0 and terms["mm"] > 0 and terms["cm"] > 0 and terms["icd"] < 0
+
+
+def test_chunking_does_not_change_statistics(digits):
+    net = build_model("convnet", 1, 10, 8).requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    batches = [digits.class_batch(c, 30, gen) for c in range(4)]
+    params = [sample_params("none", 1, (8, 8), gen, siamese=True) for _ in range(4)]
+    w = _Weights(1.0, 1.0, 0.0, 0, True)
+    off = torch.autocast("cpu", enabled=False)
+    whole = real_statistics(net, batches, params, w, 0, torch.device("cpu"), off, False)
+    small = real_statistics(net, batches, params, w, 30, torch.device("cpu"), off, False)
+    for a, b in zip(whole, small, strict=True):
+        assert torch.allclose(a.emb, b.emb, atol=1e-5)
+        assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a.grams, b.grams, strict=True))
+
+
+def test_reinit_equals_fresh_construction():
+    a = build_model("convnet", 3, 10, 32)
+    reinit_(a, 123)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        b = build_model("convnet", 3, 10, 32)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), na
+
+
+def test_dm_run_writes_documented_outputs(tmp_path, digits):
+    syn = condense(TINY, tmp_path / "r", dataset=digits, progress=False)
+    out = tmp_path / "r"
+    for name in (
+        "synthetic.safetensors",
+        "meta.json",
+        "config.json",
+        "log.csv",
+        "grid.png",
+        "checkpoint.safetensors",
+    ):
+        assert (out / name).exists(), name
+    back = load_synthetic(out)
+    assert torch.equal(back.images, syn.images)
+    assert back.images.shape == (30, 1, 8, 8) and back.labels.tolist() == sorted(
+        back.labels.tolist()
+    )
+    m = back.meta
+    assert (m["dataset"], m["ipc"], m["method"], m["iterations"], m["seed"]) == (
+        "digits",
+        3,
+        "dm",
+        6,
+        0,
+    )
+    assert m["image_size"] == 8 and m["channels"] == 1 and m["expansion_factor"] == 1
+    assert m["mean"] == pytest.approx(list(digits.mean))
+    rows = _log_rows(out)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 7))
+    assert all(float(r["mm"]) == 0 and float(r["mmd"]) > 0 for r in rows)
+    # real init is the random-subset baseline's draw, and DM moved the pixels
+    init = random_subset(digits, 3, seed=0)
+    assert torch.equal(init.labels, syn.labels)
+    assert not torch.allclose(init.images, syn.images)
+
+
+def test_resume_matches_uninterrupted(tmp_path, digits, monkeypatch):
+    full = condense(TINY, tmp_path / "a", dataset=digits, progress=False)
+    # interrupt inside iteration 4: only the checkpoint of iteration 2 survives
+    real_step, calls = _Run.step, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(_Run, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        condense(TINY, tmp_path / "b", dataset=digits, progress=False)
+    monkeypatch.setattr(_Run, "step", real_step)
+    assert load_synthetic(tmp_path / "b").meta["iterations"] == 2  # last checkpoint
+    resumed = condense(TINY, tmp_path / "b", dataset=digits, progress=False, resume=True)
+    assert torch.equal(full.images, resumed.images)
+    assert [r["loss"] for r in _log_rows(tmp_path / "a")] == [
+        r["loss"] for r in _log_rows(tmp_path / "b")
+    ]
+
+
+def test_resume_refuses_changed_settings(tmp_path, digits):
+    condense(TINY, tmp_path / "r", dataset=digits, progress=False, stop_after=2)
+    with pytest.raises(RunFolderError, match="lr_img"):
+        condense(
+            dataclasses.replace(TINY, lr_img=0.5),
+            tmp_path / "r",
+            dataset=digits,
+            progress=False,
+            resume=True,
+        )
+    # more iterations is allowed
+    longer = dataclasses.replace(TINY, iterations=8)
+    syn = condense(longer, tmp_path / "r", dataset=digits, progress=False, resume=True)
+    assert load_synthetic(tmp_path / "r").meta["iterations"] == 8 and syn.images.isfinite().all()
+
+
+def test_seed_determinism(digits):
+    a = condense(TINY, dataset=digits, progress=False)
+    b = condense(TINY, dataset=digits, progress=False)
+    c = condense(dataclasses.replace(TINY, seed=1), dataset=digits, progress=False)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+
+
+def test_existing_run_is_refused_unless_asked(tmp_path, digits):
+    condense(TINY, tmp_path / "r", dataset=digits, progress=False, stop_after=2)
+    before = (tmp_path / "r" / "synthetic.safetensors").read_bytes()
+    with pytest.raises(RunFolderError, match="--resume .* --overwrite"):
+        condense(TINY, tmp_path / "r", dataset=digits, progress=False)
+    assert (tmp_path / "r" / "synthetic.safetensors").read_bytes() == before
+    condense(TINY, tmp_path / "r", dataset=digits, progress=False, overwrite=True)
+    assert load_synthetic(tmp_path / "r").meta["iterations"] == 6
+
+
+def test_unwritable_output(tmp_path, digits):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunFolderError, match="cannot write"):
+        condense(TINY, blocker / "run", dataset=digits, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"ipc": 0}, "ipc"),
+        ({"iterations": 0}, "iterations"),
+        ({"ipc": 10_000}, "smallest class"),
+        ({"method": "nope"}, "known: dm, ddm, idm"),
+        ({"batch_real": -1}, "batch-real"),
+        ({"model": "nope"}, "convnet"),
+    ],
+)
+def test_bad_settings(digits, change, match):
+    with pytest.raises(ValueError, match=match):
+        condense(dataclasses.replace(TINY, **change), dataset=digits, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, digits):
+    cfg = dataclasses.replace(TINY, lr_img=1e38, iterations=20, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        condense(cfg, tmp_path / "r", dataset=digits, progress=False)
+    kept = load_synthetic(tmp_path / "r")
+    assert kept.images.isfinite().all()
+    assert kept.meta["iterations"] < 20
+
+
+def test_ddm_terms_logged_and_zero_weight_removes_term(tmp_path, digits):
+    cfg = dataclasses.replace(TINY, method="ddm", iterations=2)
+    condense(cfg, tmp_path / "ddm", dataset=digits, progress=False)
+    rows = _log_rows(tmp_path / "ddm")
+    assert all(float(r["mm"]) > 0 and float(r["cm"]) > 0 and float(r["icd"]) < 0 for r in rows)
+    off = dataclasses.replace(cfg, w_cm=0.0, w_icd=0.0)
+    condense(off, tmp_path / "mm", dataset=digits, progress=False)
+    rows = _log_rows(tmp_path / "mm")
+    assert all(float(r["cm"]) == 0 and float(r["icd"]) == 0 and float(r["mm"]) > 0 for r in rows)
+
+
+def test_ddm_ipc_one_runs(digits, capsys):
+    cfg = dataclasses.replace(TINY, method="ddm", ipc=1, iterations=2)
+    syn = condense(cfg, dataset=digits, progress=True)
+    assert syn.images.shape[0] == 10 and syn.images.isfinite().all()
+    assert "no neighbours" in capsys.readouterr().err
+
+
+def test_batchnorm_model_runs(digits):
+    syn = condense(
+        dataclasses.replace(TINY, model="convnet_bn", iterations=2), dataset=digits, progress=False
+    )
+    assert syn.images.isfinite().all()
+
+
+def test_noise_init(digits):
+    run = _Run(dataclasses.replace(TINY, init="noise").resolved(), digits, None)
+    assert run.images.mean().abs() < 0.5 and 0.7 < run.images.std() < 1.3

@@ -1,0 +1,217 @@
+"""Losses against hand-computed values and against naive per-sample reference loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddm.losses import (
+    correlation_loss,
+    default_icd_k,
+    diversity_loss,
+    mmd_loss,
+    moments_loss,
+)
+
+# --- hand-computed values --------------------------------------------------------------------
+
+
+def test_mmd_hand_value():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # mean (2, 3)
+    syn = torch.tensor([[0.0, 0.0], [0.0, 2.0]])  # mean (0, 1)
+    assert mmd_loss(real, syn).item() == pytest.approx(4.0 + 4.0)
+
+
+def test_moments_hand_value():
+    # one layer, C=1, H=1, W=2. Real mean map [2, 4]: mu 3, unbiased var 2.
+    real = torch.tensor([[[[1.0, 3.0]]], [[[3.0, 5.0]]]])
+    syn = torch.tensor([[[[0.0, 0.0]]]])  # mu 0, var 0
+    expected = 0.5 * (9.0 + (math.sqrt(2 + 1e-5) - math.sqrt(1e-5)) ** 2)
+    assert moments_loss([real], [syn]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_moments_mean_over_layers():
+    real = torch.tensor([[[[1.0, 3.0]]], [[[3.0, 5.0]]]])
+    syn = torch.tensor([[[[0.0, 0.0]]]])
+    one = moments_loss([real], [syn])
+    # a second, identical (real == syn) layer contributes 0, so the mean halves
+    same = torch.ones(1, 1, 1, 2)
+    two = moments_loss([real, same], [syn, same])
+    assert two.item() == pytest.approx(one.item() / 2, rel=1e-6)
+
+
+def test_correlation_hand_value():
+    # C=2, H=1, W=2: F = [[1, 2], [3, 4]], G = F F^T / 4 = [[5, 11], [11, 25]] / 4
+    real = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    syn = torch.zeros(3, 2, 1, 2)
+    assert correlation_loss([real], [syn]).item() == pytest.approx(892 / 16)
+
+
+def test_correlation_averages_grams_not_maps():
+    # Two real samples whose mean map is zero still have a non-zero mean Gram.
+    a = torch.tensor([[[[1.0, -1.0]]]])
+    real = torch.cat([a, -a])
+    syn = torch.zeros(1, 1, 1, 2)
+    # per-sample G = (1 + 1) / 2 = 1 for both; mean 1; loss 1
+    assert correlation_loss([real], [syn]).item() == pytest.approx(1.0)
+
+
+def test_diversity_hand_value():
+    # three 2-d embeddings, k = 1: neighbours 0<->1, 2 -> 1
+    f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+
+    def softmax(a, b):
+        z = math.exp(a) + math.exp(b)
+        return math.exp(a) / z, math.exp(b) / z
+
+    def kl(p_logits, q_logits):
+        p, q = softmax(*p_logits), softmax(*q_logits)
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+
+    expected = -(kl([0, 0], [1, 0]) + kl([1, 0], [0, 0]) + kl([3, 0], [1, 0])) / 3
+    assert diversity_loss(f, k=1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_diversity_neighbour_mean_k2():
+    f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    # k = 2: neighbours of 0: {1, 2} mean (2, 0); of 1: {0, 2} (1.5, 0); of 2: {1, 0} (0.5, 0);
+    # of 3: {2, 1} (2, 0)
+    means = [[2.0, 0.0], [1.5, 0.0], [0.5, 0.0], [2.0, 0.0]]
+    p = torch.softmax(f, 1)
+    q = torch.softmax(torch.tensor(means), 1)
+    expected = -(p * (p / q).log()).sum(1).mean().item()
+    assert diversity_loss(f, k=2).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_diversity_single_image_is_zero_with_graph():
+    f = torch.randn(1, 8, requires_grad=True)
+    loss = diversity_loss(f, k=default_icd_k(1))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(f.grad, torch.zeros_like(f))
+
+
+def test_diversity_neighbour_grad_switch():
+    torch.manual_seed(0)
+    f = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    g_with = torch.autograd.grad(diversity_loss(f, 2, neighbour_grad=True), f)[0]
+    g_without = torch.autograd.grad(diversity_loss(f, 2, neighbour_grad=False), f)[0]
+    assert not torch.allclose(g_with, g_without)
+    # with the switch off, the gradient is that of -KL wrt p's logits only (q fixed)
+    fixed = f.detach()
+    d = torch.cdist(fixed, fixed)
+    d.fill_diagonal_(float("inf"))
+    q_logits = fixed[d.topk(2, largest=False).indices].mean(1)
+    f2 = f.detach().clone().requires_grad_(True)
+    p = torch.log_softmax(f2, 1)
+    q = torch.log_softmax(q_logits, 1)
+    ref = -(p.exp() * (p - q)).sum(1).mean()
+    assert torch.allclose(g_without, torch.autograd.grad(ref, f2)[0])
+
+
+def test_diversity_pushes_apart():
+    f = torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.0, 0.1], [0.2, 0.0, 0.0]], requires_grad=True)
+    loss = diversity_loss(f, k=1)
+    loss.backward()
+    with torch.no_grad():
+        moved = f - 0.5 * f.grad
+    assert diversity_loss(moved, k=1) < loss
+
+
+@pytest.mark.parametrize(("ipc", "k"), [(1, 0), (2, 1), (5, 1), (10, 2), (20, 4), (50, 10)])
+def test_default_icd_k(ipc, k):
+    assert default_icd_k(ipc) == k
+
+
+# --- agreement with naive per-sample loops ------------------------------------------------------
+
+
+def _naive_moments(real_maps, syn_maps):
+    out = []
+    for r, s in zip(real_maps, syn_maps, strict=True):
+        ft, fs = r.mean(0), s.mean(0)
+        terms_mu, terms_sd = [], []
+        for k in range(ft.shape[0]):
+            mt, ms = ft[k].mean(), fs[k].mean()
+            st = torch.sqrt(ft[k].var(unbiased=True) + 1e-5)
+            ss = torch.sqrt(fs[k].var(unbiased=True) + 1e-5)
+            terms_mu.append((ms - mt) ** 2)
+            terms_sd.append((ss - st) ** 2)
+        out.append(0.5 * (torch.stack(terms_mu).mean() + torch.stack(terms_sd).mean()))
+    return torch.stack(out).mean()
+
+
+def _naive_correlation(real_maps, syn_maps):
+    out = []
+    for r, s in zip(real_maps, syn_maps, strict=True):
+
+        def gram(batch):
+            gs = []
+            for x in batch:
+                f = x.reshape(x.shape[0], -1)
+                gs.append(f @ f.T / x.numel())
+            return torch.stack(gs).mean(0)
+
+        out.append(((gram(r) - gram(s)) ** 2).sum())
+    return torch.stack(out).mean()
+
+
+def _naive_diversity(f, k):
+    kls = []
+    for i in range(len(f)):
+        d = [(torch.dist(f[i], f[j]).item(), j) for j in range(len(f)) if j != i]
+        nn_idx = [j for _, j in sorted(d)[:k]]
+        m = f[nn_idx].mean(0)
+        p, q = torch.softmax(f[i], 0), torch.softmax(m, 0)
+        kls.append((p * (p / q).log()).sum())
+    return -torch.stack(kls).mean()
+
+
+def test_losses_match_naive_loops():
+    g = torch.Generator().manual_seed(0)
+    real = [
+        torch.rand(6, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.rand(6, 3, 2, 2, generator=g, dtype=torch.float64),
+    ]
+    syn = [
+        torch.rand(3, 4, 5, 5, generator=g, dtype=torch.float64),
+        torch.rand(3, 3, 2, 2, generator=g, dtype=torch.float64),
+    ]
+    assert torch.allclose(moments_loss(real, syn), _naive_moments(real, syn))
+    assert torch.allclose(correlation_loss(real, syn), _naive_correlation(real, syn))
+    emb = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(diversity_loss(emb, 3), _naive_diversity(emb, 3))
+
+
+def test_exact_in_float32_at_full_batch_size():
+    """256 x 128 x 32 x 32 real maps (ReLU-like, non-negative): float32 within 1e-4 of float64."""
+    g = torch.Generator().manual_seed(1)
+    real = torch.relu(torch.randn(256, 128, 32, 32, generator=g))
+    syn = torch.relu(torch.randn(10, 128, 32, 32, generator=g) * 1.1 + 0.05)
+    for fn in (moments_loss, correlation_loss):
+        lo = fn([real], [syn]).item()
+        hi = fn([real.double()], [syn.double()]).item()
+        assert lo == pytest.approx(hi, rel=1e-4), fn.__name__
+    emb_r = torch.randn(256, 2048, generator=g)
+    emb_s = torch.randn(10, 2048, generator=g)
+    assert mmd_loss(emb_r, emb_s).item() == pytest.approx(
+        mmd_loss(emb_r.double(), emb_s.double()).item(), rel=1e-5
+    )
+    assert diversity_loss(emb_s, 2).item() == pytest.approx(
+        diversity_loss(emb_s.double(), 2).item(), rel=1e-4
+    )
+
+
+def test_gradients_flow_to_synthetic_only_through_syn_maps():
+    real = [torch.rand(4, 2, 3, 3)]
+    syn = [torch.rand(2, 2, 3, 3, requires_grad=True)]
+    (moments_loss(real, syn) + correlation_loss(real, syn)).backward()
+    assert syn[0].grad is not None and torch.isfinite(syn[0].grad).all()
+    assert syn[0].grad.abs().sum() > 0
+
+
+def test_layer_mismatch_raises():
+    with pytest.raises(ValueError, match="same layers"):
+        moments_loss([torch.rand(2, 1, 2, 2)], [])
