@@ -58,7 +58,7 @@ from .losses import (
     moments_from_stats,
 )
 from .models import build_model, uses_batchnorm
-from .runtime import Stream, generator, resolve_device, seed_for
+from .runtime import Stream, generator, resolve_device, seed_for, tune_allocator
 
 __all__ = [
     "NonFiniteLossError",
@@ -491,6 +491,7 @@ def condense(
     Raises ``NonFiniteLossError`` (with the last good checkpoint kept) if the loss diverges.
     """
     cfg = config.resolved()
+    tune_allocator()
     out_path = Path(out) if out is not None else None
     if out_path is not None:
         prepare_run_folder(out_path, resume=resume, overwrite=overwrite)

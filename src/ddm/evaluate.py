@@ -24,7 +24,7 @@ from .config import EvalConfig
 from .data import Dataset, load_dataset
 from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json
 from .models import build_model
-from .runtime import Stream, resolve_device, seed_for
+from .runtime import Stream, resolve_device, seed_for, tune_allocator
 
 __all__ = [
     "EvalResult",
@@ -140,6 +140,7 @@ def evaluate_set(
     progress: bool = True,
 ) -> EvalResult:
     """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set."""
+    tune_allocator()
     if isinstance(syn, SyntheticSet):
         _check_compatible(syn, dataset)
         images, labels = syn.expanded()

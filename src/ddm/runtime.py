@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["seed_for", "generator", "resolve_device", "Stream"]
+__all__ = ["seed_for", "generator", "resolve_device", "tune_allocator", "Stream"]
 
 
 class Stream:
@@ -48,3 +48,39 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available; use cpu")
     return device
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep glibc from returning large buffers to the system after every use (CPU speed).
+
+    By default glibc serves every buffer above its (dynamic) mmap threshold with a fresh
+    mmap and unmaps it on free, so each large activation of a forward pass is page-faulted
+    in again: measured here, a ConvNet forward of 2560 CIFAR images took 6.4 s instead of
+    3.3 s. Raising the mmap and trim thresholds (as ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` would) keeps freed memory for reuse. Idempotent; a no-op off
+    glibc or when ``DDM_TUNE_MALLOC=0``. Returns whether the thresholds were set.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import os
+    import sys
+
+    if os.environ.get("DDM_TUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        limit = ctypes.c_int(2**31 - 1)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = (
+            libc.mallopt(m_mmap_threshold, limit) == 1
+            and libc.mallopt(m_trim_threshold, limit) == 1
+        )
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
