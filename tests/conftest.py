@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,5 +41,5 @@ def tiny_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("DDM_TEST_THREADS", "2")))
     yield

@@ -10,6 +10,7 @@ import torch
 
 from ddm.augment import apply, sample_params
 from ddm.baselines import random_subset
+from ddm.bases import reinit_
 from ddm.condense import (
     NonFiniteLossError,
     _Run,
@@ -17,7 +18,6 @@ from ddm.condense import (
     condense,
     objective,
     real_statistics,
-    reinit_,
 )
 from ddm.config import CondenseConfig
 from ddm.data import load_dataset

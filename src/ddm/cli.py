@@ -31,68 +31,77 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+# (flag, type, help) for every CondenseConfig field the CLI exposes; defaults come from the
+# dataclass (or a preset), so a flag only overrides when it is given.
+_CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
+    ("dataset", str, "dataset name"),
+    ("data-root", str, "folder holding the dataset's files"),
+    ("image-size", int, "resize target for image-folder datasets"),
+    ("ipc", int, "images per class"),
+    ("method", str, "dm | ddm | idm"),
+    ("base", str, "base of ddm: dm | idm (default dm)"),
+    ("iterations", int, "condensation iterations"),
+    ("batch-real", int, "real images per class and iteration"),
+    ("lr-img", float, "image learning rate (default 1.0 on DM, 0.2 on IDM)"),
+    ("momentum", float, "image optimiser momentum"),
+    ("init", str, "real | noise"),
+    ("model", str, "matching network"),
+    ("depth", int, "ConvNet depth (default: by resolution)"),
+    ("dsa", _bool, "Siamese augmentation on/off"),
+    ("seed", int, "random seed"),
+    ("w-mm", float, "DDM moments weight (ddm default 1e4)"),
+    ("w-cm", float, "DDM correlation weight (ddm default 1e4)"),
+    ("w-icd", float, "DDM diversity weight (ddm default 10)"),
+    ("icd-k", int, "DDM diversity neighbours (default round(0.2 x images per class))"),
+    ("icd-neighbour-grad", _bool, "gradient through the neighbour mean (reference: true)"),
+    ("factor", int, "IDM partition/expansion factor (idm default 2)"),
+    ("ce-weight", float, "IDM class-aware regularisation weight (idm default 0.5)"),
+    ("net-init", int, "IDM queue models at the start"),
+    ("net-num", int, "IDM queue capacity"),
+    ("net-generate-interval", int, "IDM iterations between new queue models"),
+    ("fetch-net-num", int, "IDM queue models trained per iteration"),
+    ("model-train-steps", int, "IDM SGD steps per trained queue model"),
+    ("model-batch", int, "IDM real images per queue-training step"),
+    ("model-lr", float, "IDM queue-model learning rate"),
+    ("device", str, "auto | cpu | cuda[:N]"),
+    ("checkpoint-every", int, "iterations between checkpoints (0: only at the end)"),
+    ("real-chunk", int, "real images per no-grad forward (0: automatic)"),
+]
+
+
 def _add_condense_flags(p: argparse.ArgumentParser) -> None:
     from .config import CondenseConfig
 
-    d = CondenseConfig()
-    p.add_argument("--dataset", default=d.dataset, help="dataset name (default: %(default)s)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
-    p.add_argument("--image-size", type=int, default=None, help="resize target (image folders)")
-    p.add_argument("--ipc", type=int, default=d.ipc, help="images per class (%(default)s)")
-    p.add_argument("--method", default=d.method, help="dm | ddm | idm (%(default)s)")
-    p.add_argument("--base", default=None, help="base of ddm: dm | idm (default dm)")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="(%(default)s)")
+    defaults = CondenseConfig()
     p.add_argument(
-        "--batch-real",
-        type=int,
-        default=d.batch_real,
-        help="real images per class and iteration (%(default)s)",
-    )
-    p.add_argument(
-        "--lr-img",
-        type=float,
+        "--preset",
         default=None,
-        help="image learning rate (default 1.0 on DM, 0.2 on IDM)",
+        help="start from a named published setting (see `ddm presets`); explicit flags override it",
     )
-    p.add_argument("--momentum", type=float, default=d.momentum, help="(%(default)s)")
-    p.add_argument("--init", default=d.init, choices=("real", "noise"))
-    p.add_argument("--model", default=d.model, help="matching network (%(default)s)")
-    p.add_argument("--dsa", type=_bool, default=d.dsa, help="Siamese augmentation (true)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
-    p.add_argument("--w-mm", type=float, default=None, help="DDM moments weight (1e4)")
-    p.add_argument("--w-cm", type=float, default=None, help="DDM correlation weight (1e4)")
-    p.add_argument("--w-icd", type=float, default=None, help="DDM diversity weight (10)")
-    p.add_argument("--icd-k", type=int, default=None, help="neighbours (round(0.2 ipc))")
-    p.add_argument(
-        "--icd-neighbour-grad",
-        type=_bool,
-        default=d.icd_neighbour_grad,
-        help="gradient through the neighbour mean (true, as the reference)",
-    )
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N] (%(default)s)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=d.checkpoint_every,
-        help="iterations between checkpoints (%(default)s; 0: only at the end)",
-    )
-    p.add_argument(
-        "--real-chunk",
-        type=int,
-        default=d.real_chunk,
-        help="real images per no-grad forward (0: automatic)",
-    )
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the matching network")
+    for flag, kind, text in _CONDENSE_FLAGS:
+        default = getattr(defaults, flag.replace("-", "_"))
+        shown = "by method" if default is None else default
+        p.add_argument(
+            f"--{flag}", type=kind, default=argparse.SUPPRESS, help=f"{text} (default: {shown})"
+        )
+    for flag, text in (
+        ("bf16", "bf16 autocast (GPU)"),
+        ("channels-last", "channels-last memory format"),
+        ("compile", "torch.compile the matching network"),
+    ):
+        p.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
 
 
 def _condense_config(args: argparse.Namespace):
-    from .config import CondenseConfig
+    """Dataclass defaults < preset < explicitly given flags."""
+    from .config import CondenseConfig, config_from_dict, load_preset
 
+    values: dict[str, Any] = {}
+    if args.preset:
+        values.update(load_preset(args.preset)["settings"])
     names = {f.name for f in dataclasses.fields(CondenseConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return CondenseConfig(**values)
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return config_from_dict(CondenseConfig, values)
 
 
 def _eval_config(args: argparse.Namespace):
@@ -100,6 +109,7 @@ def _eval_config(args: argparse.Namespace):
 
     return EvalConfig(
         model=args.model,
+        depth=args.depth,
         epochs=args.epochs,
         runs=args.runs,
         seed=args.eval_seed,
@@ -228,6 +238,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .config import available_presets, load_preset
+
+    for name in available_presets():
+        preset = load_preset(name)
+        print(f"{name:<26} {preset['description']}")
+        if args.verbose:
+            print(f"{'':<26} settings: {preset['settings']}")
+            print(f"{'':<26} source: {preset['source']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Condense the embedded digits dataset with DM and compare with a random subset."""
     from .baselines import random_subset
@@ -302,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train fresh networks on condensed sets, test them")
     p.add_argument("runs_dirs", nargs="+", metavar="RUN", help="run folder(s)")
     p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
+    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
     _add_eval_flags(p)
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--device", default="auto")
@@ -329,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--expanded", action="store_true", help="also grid the expanded images")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("presets", help="list the published settings usable with --preset")
+    p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
+    p.set_defaults(func=cmd_presets)
+
+    from .diagnose import add_parser as add_diagnose
+
+    add_diagnose(sub)
+
+    from .continual import add_parsers as add_continual
+
+    add_continual(sub)
 
     p = sub.add_parser("demo", help="the main job: DM on the embedded digits vs random subset")
     p.add_argument("--out", default="runs/demo")
@@ -358,8 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, DatasetError, RunFolderError) as exc:
         print(f"ddm: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0
     except KeyboardInterrupt:
-        print("ddm: interrupted; a condensation run continues with --resume", file=sys.stderr)
+        print(
+            "ddm: interrupted; `condense` continues with --resume, `continual` by rerunning it",
+            file=sys.stderr,
+        )
         return 130
 
 

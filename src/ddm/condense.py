@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
 from .augment import DSAParams, apply, sample_params
+from .bases import init_partitioned, make_base
 from .config import CondenseConfig
 from .data import Dataset, load_dataset
 from .io import (
@@ -57,8 +59,8 @@ from .losses import (
     mmd_from_stats,
     moments_from_stats,
 )
-from .models import build_model, uses_batchnorm
-from .runtime import Stream, generator, resolve_device, seed_for, tune_allocator
+from .models import uses_batchnorm
+from .runtime import Stream, generator, resolve_device, tune_allocator
 
 __all__ = [
     "NonFiniteLossError",
@@ -80,7 +82,7 @@ RUN_FILES = (
     CHECKPOINT_FILE,
     "metrics.json",
 )
-TERMS = ("mmd", "mm", "cm", "icd")  # logged unweighted, summed over classes
+TERMS = ("mmd", "mm", "cm", "icd", "ce")  # logged unweighted, summed over classes
 # Settings a resumed run may change (they do not change what an iteration computes).
 RESUMABLE_CHANGES = {
     "iterations",
@@ -97,20 +99,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 # --- small utilities -----------------------------------------------------------------------------
-
-
-def reinit_(net: nn.Module, seed: int) -> nn.Module:
-    """Re-draw every parameter with PyTorch's default initialisation, from ``seed``.
-
-    Same values as constructing the network afresh under that seed, without rebuilding it
-    (so a compiled forward stays valid across iterations).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in net.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-    return net
 
 
 # --- run folder -----------------------------------------------------------------------------------
@@ -252,8 +240,15 @@ def objective(
     weights: _Weights,
     autocast: Any,
     channels_last: bool,
+    ce_weight: float = 0.0,
+    classes: list[int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over classes of L_MMD + w_mm L_MM + w_cm L_CM + w_icd L_ICD; also the raw terms."""
+    """Sum over classes of L_MMD + w_mm L_MM + w_cm L_CM + w_icd L_ICD (+ IDM's CE term).
+
+    ``ce_weight`` (IDM: ce_weight x the model's running accuracy) scales the cross-entropy of
+    the network's logits on the same augmented images against ``classes`` (their labels).
+    Returns the total and the unweighted terms summed over classes.
+    """
     per_class = syn_images.split(syn_sizes)
     x = torch.cat([apply(s, p) for s, p in zip(per_class, params, strict=True)])
     if channels_last:
@@ -276,6 +271,11 @@ def objective(
                 weights.w_icd,
                 diversity_loss(embs[c], weights.icd_k, weights.neighbour_grad),
             )
+        if ce_weight > 0:
+            label = classes[c] if classes is not None else c
+            logits = net.classifier(embs[c])
+            target = torch.full((len(logits),), label, dtype=torch.long, device=logits.device)
+            parts["ce"] = (ce_weight, F.cross_entropy(logits, target))
         for name, (w, value) in parts.items():
             total = total + w * value
             terms[name] += float(value.detach())
@@ -286,48 +286,54 @@ def objective(
 
 
 class _Run:
-    """State of one condensation run: pixels, optimiser, iteration, outputs."""
+    """State of one condensation run: pixels, optimiser, base, iteration, outputs."""
 
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
         self.cfg, self.dataset, self.out = cfg, dataset, out
         self.device = resolve_device(cfg.device)
-        k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(cfg.ipc)
+        self.base = make_base(cfg, dataset, self.device)
+        self.per_class = cfg.ipc * self.base.factor**2  # images matched per class
+        k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(self.per_class)
         self.weights = _Weights(
-            cfg.w_mm, cfg.w_cm, cfg.w_icd, min(k, cfg.ipc - 1), cfg.icd_neighbour_grad
+            cfg.w_mm, cfg.w_cm, cfg.w_icd, min(k, self.per_class - 1), cfg.icd_neighbour_grad
         )
         self.strategy = dataset.dsa_strategy if cfg.dsa else "none"
-        images, self.labels = initial_images(
-            dataset, cfg.ipc, cfg.init, generator(cfg.seed, Stream.INIT)
-        )
+        gen = generator(cfg.seed, Stream.INIT)
+        if self.base.factor > 1 and cfg.init == "real":
+            images, self.labels = init_partitioned(dataset, cfg.ipc, self.base.factor, gen)
+        else:
+            images, self.labels = initial_images(dataset, cfg.ipc, cfg.init, gen)
         self.images = images.to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.iteration = 0
-        self.net = build_model(
-            cfg.model, dataset.channels, dataset.num_classes, dataset.image_size
-        ).to(self.device)
-        self.net.train()
-        self.net.requires_grad_(False)
-        if cfg.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward_net: nn.Module = torch.compile(self.net) if cfg.compile else self.net
-        self.batchnorm = uses_batchnorm(self.net)
+        probe = self.base.network(0) if cfg.base == "dm" else self.base.nets[0]
+        self.batchnorm = uses_batchnorm(probe)
         self.chunk = 0 if self.batchnorm else (cfg.real_chunk or _auto_chunk(self.device))
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        self.sizes = [cfg.ipc] * dataset.num_classes
+        self._compiled: dict[int, nn.Module] = {}
+
+    def _forward_net(self, net: nn.Module) -> nn.Module:
+        if self.cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if not self.cfg.compile:
+            return net
+        if id(net) not in self._compiled:
+            self._compiled[id(net)] = torch.compile(net)
+        return self._compiled[id(net)]
 
     # one iteration -------------------------------------------------------------------------------
 
     def step(self) -> tuple[float, dict[str, float]]:
-        cfg, it = self.cfg, self.iteration
+        cfg, it, n_classes = self.cfg, self.iteration, self.dataset.num_classes
         gen = generator(cfg.seed, Stream.ITER, it)
-        reinit_(self.net, seed_for(cfg.seed, Stream.NET, it))
+        net = self._forward_net(self.base.network(it))
         size = (self.dataset.image_size, self.dataset.image_size)
         batches, params = [], []
-        for c in range(self.dataset.num_classes):
+        for c in range(n_classes):
             batches.append(self.dataset.class_batch(c, cfg.batch_real, gen))
-            params.append(sample_params(self.strategy, cfg.ipc, size, gen, siamese=True))
+            params.append(sample_params(self.strategy, self.per_class, size, gen, siamese=True))
         real = real_statistics(
-            self.forward_net,
+            net,
             batches,
             params,
             self.weights,
@@ -336,24 +342,39 @@ class _Run:
             self.autocast,
             cfg.channels_last,
         )
-        loss, terms = objective(
-            self.forward_net,
-            real,
-            self.images,
-            self.sizes,
-            params,
-            self.weights,
-            self.autocast,
-            cfg.channels_last,
-        )
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"loss became {value} at iteration {it + 1}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        ce = self.base.ce_weight()
+        if self.base.per_class_steps:  # IDM: one image step per class
+            groups = [[c] for c in range(n_classes)]
+        else:  # DM: all classes, one step
+            groups = [list(range(n_classes))]
+        total, terms = 0.0, dict.fromkeys(TERMS, 0.0)
+        for group in groups:
+            lo, hi = group[0] * cfg.ipc, (group[-1] + 1) * cfg.ipc
+            syn, _ = self.base.expand(self.images[lo:hi], self.labels[lo:hi])
+            loss, parts = objective(
+                net,
+                [real[c] for c in group],
+                syn,
+                [self.per_class] * len(group),
+                [params[c] for c in group],
+                self.weights,
+                self.autocast,
+                cfg.channels_last,
+                ce_weight=ce,
+                classes=group,
+            )
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss became {value} at iteration {it + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += value
+            for name, v in parts.items():
+                terms[name] += v
+        terms["queue_s"] = self.base.after_iteration(it)
         self.iteration += 1
-        return value, terms
+        return total, terms
 
     # checkpoints ------------------------------------------------------------------------------
 
@@ -362,15 +383,18 @@ class _Run:
         buf = self.optimizer.state.get(self.images, {}).get("momentum_buffer")
         if buf is not None:
             tensors["momentum"] = buf
-        return tensors
+        return {**tensors, **self.base.state_tensors()}
 
-    def load_state(self, tensors: dict[str, torch.Tensor], iteration: int) -> None:
+    def load_state(
+        self, tensors: dict[str, torch.Tensor], iteration: int, meta: dict[str, str]
+    ) -> None:
         with torch.no_grad():
             self.images.copy_(tensors["images"].to(self.device))
         if "momentum" in tensors:
             self.optimizer.state[self.images]["momentum_buffer"] = (
                 tensors["momentum"].to(self.device).clone()
             )
+        self.base.load_state(tensors, meta)
         self.iteration = iteration
 
     def synthetic(self) -> SyntheticSet:
@@ -389,7 +413,7 @@ class _Run:
             "seed": self.cfg.seed,
             "iterations": self.iteration,
             "iterations_planned": self.cfg.iterations,
-            "expansion_factor": 1,
+            "expansion_factor": self.base.factor,
             "dsa_strategy": self.strategy,
             "version": __version__,
         }
@@ -399,7 +423,11 @@ class _Run:
         """Checkpoint + current set + grid; each file atomic, checkpoint first."""
         if self.out is None:
             return
-        meta = {"iteration": str(self.iteration), "config": json.dumps(self.cfg.to_dict())}
+        meta = {
+            "iteration": str(self.iteration),
+            "config": json.dumps(self.cfg.to_dict()),
+            **self.base.state_meta(),
+        }
         save_tensors(self.out / CHECKPOINT_FILE, self.state_tensors(), meta)
         syn = self.synthetic()
         save_synthetic(self.out, syn)
@@ -429,7 +457,7 @@ def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
 class _Log:
     """Per-iteration CSV log; on resume, rows past the checkpoint are dropped."""
 
-    FIELDS = ("iteration", "loss", *TERMS, "seconds")
+    FIELDS = ("iteration", "loss", *TERMS, "queue_seconds", "seconds")
 
     def __init__(self, path: Path | None, resume_at: int) -> None:
         self.path = path
@@ -451,6 +479,7 @@ class _Log:
             str(iteration),
             f"{loss:.6g}",
             *(f"{terms[t]:.6g}" for t in TERMS),
+            f"{terms.get('queue_s', 0.0):.4f}",
             f"{seconds:.4f}",
         ]
         self.file.write(",".join(values) + "\n")
@@ -493,10 +522,10 @@ def condense(
     cfg = config.resolved()
     tune_allocator()
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        prepare_run_folder(out_path, resume=resume, overwrite=overwrite)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    if out_path is not None:
+        prepare_run_folder(out_path, resume=resume, overwrite=overwrite)
     run = _Run(cfg, dataset, out_path)
     if resume and out_path is not None:
         tensors = load_tensors(out_path / CHECKPOINT_FILE)
@@ -505,7 +534,7 @@ def condense(
         with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
             header = f.metadata() or {}
         _check_resumable(json.loads(header.get("config", "{}")), cfg)
-        run.load_state(tensors, int(header.get("iteration", 0)))
+        run.load_state(tensors, int(header.get("iteration", 0)), header)
     if out_path is not None:
         atomic_write_json(out_path / CONFIG_FILE, {**cfg.to_dict(), "version": __version__})
         if run.iteration == 0:

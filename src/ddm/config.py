@@ -10,7 +10,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CondenseConfig", "EvalConfig", "METHODS", "BASES", "config_from_dict"]
+__all__ = [
+    "CondenseConfig",
+    "EvalConfig",
+    "METHODS",
+    "BASES",
+    "config_from_dict",
+    "available_presets",
+    "load_preset",
+]
 
 METHODS = ("dm", "ddm", "idm")
 BASES = ("dm", "idm")
@@ -23,8 +31,8 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "ddm": {"w_mm": 1e4, "w_cm": 1e4, "w_icd": 10.0},
 }
 _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dm": {"lr_img": 1.0},
-    "idm": {"lr_img": 0.2},
+    "dm": {"lr_img": 1.0, "factor": 1, "ce_weight": 0.0},
+    "idm": {"lr_img": 0.2, "factor": 2, "ce_weight": 0.5},
 }
 
 
@@ -44,6 +52,7 @@ class CondenseConfig:
     momentum: float = 0.5
     init: str = "real"  # real | noise
     model: str = "convnet"
+    depth: int | None = None  # ConvNet depth; None: by resolution (3 for 32, 4 for 64, 5 for 128)
     dsa: bool = True
     seed: int = 0
     # DDM terms (None: the method's default; 0 removes the term and its cost)
@@ -52,6 +61,16 @@ class CondenseConfig:
     w_icd: float | None = None
     icd_k: int | None = None  # None: max(1, round(0.2 ipc)), capped at ipc - 1
     icd_neighbour_grad: bool = True  # gradient through the neighbour mean (the reference's)
+    # IDM base (METHOD.md 5; None: the base's default)
+    factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
+    ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
+    net_init: int = 3  # queue models at the start
+    net_num: int = 100  # queue capacity
+    net_generate_interval: int = 30  # iterations between new queue models
+    fetch_net_num: int = 2  # queue models trained after each iteration
+    model_train_steps: int = 10  # SGD steps per trained queue model
+    model_batch: int = 256  # real images per queue-training step
+    model_lr: float = 0.01
     # run management and speed (do not change the result)
     device: str = "auto"
     checkpoint_every: int = 500
@@ -88,6 +107,22 @@ class CondenseConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
         if out.lr_img <= 0:
             raise ValueError("--lr-img must be positive")
+        if out.factor < 1 or (out.factor > 1 and base != "idm"):
+            raise ValueError("--factor must be >= 1, and above 1 only on the idm base")
+        if out.ce_weight < 0 or (out.ce_weight > 0 and base != "idm"):
+            raise ValueError("--ce-weight must be >= 0, and above 0 only on the idm base")
+        for name in (
+            "net_init",
+            "net_num",
+            "net_generate_interval",
+            "fetch_net_num",
+            "model_train_steps",
+            "model_batch",
+        ):
+            if getattr(out, name) <= 0 and not (
+                name in ("fetch_net_num", "model_train_steps") and getattr(out, name) == 0
+            ):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +134,7 @@ class EvalConfig:
     """The field's evaluation protocol (METHOD.md section 6); epochs/runs reducible."""
 
     model: str = "convnet"
+    depth: int | None = None  # ConvNet depth; None: by resolution
     epochs: int = 1000
     runs: int = 5
     lr: float = 0.01
@@ -126,3 +162,25 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
             f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return cls(**values)
+
+
+def available_presets() -> list[str]:
+    """Names of the shipped preset files (src/ddm/presets/*.json)."""
+    from importlib.resources import files
+
+    return sorted(
+        p.name[:-5] for p in files("ddm").joinpath("presets").iterdir() if p.name.endswith(".json")
+    )
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset: {"description", "source", "settings"}; unknown names list the known ones."""
+    import json
+    from importlib.resources import files
+
+    known = available_presets()
+    if name not in known:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(known)}")
+    preset = json.loads(files("ddm").joinpath("presets", f"{name}.json").read_text())
+    config_from_dict(CondenseConfig, preset["settings"])  # validates the keys
+    return preset

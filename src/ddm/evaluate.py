@@ -108,7 +108,8 @@ def train_and_test(
     channels, size = train_x.shape[1], train_x.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
-        net = build_model(cfg.model, channels, num_classes, size).to(device)
+        extra = {"depth": cfg.depth} if cfg.depth else {}
+        net = build_model(cfg.model, channels, num_classes, size, **extra).to(device)
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, Stream.EVAL_TRAIN, run))
     opt = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

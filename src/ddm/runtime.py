@@ -19,7 +19,9 @@ class Stream:
 
     INIT = 0  # condensation: initial images (= the random-subset baseline's draw)
     ITER = 1  # condensation: per-iteration real batches and DSA draws
-    NET = 2  # condensation: per-iteration network initialisation
+    NET = 2  # condensation: network initialisation (per iteration for DM, per queue model for IDM)
+    QUEUE = 3  # IDM: which queue model matches an iteration
+    QUEUE_TRAIN = 4  # IDM: which queue models are trained, and their real batches
     EVAL_MODEL = 10
     EVAL_TRAIN = 11
     HERDING_MODEL = 21

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Class-incremental CIFAR-10 with condensed memories (METHOD.md section 7, the quick protocol)
+# at a reduced CPU budget: 5 steps of 2 new classes, a memory of 10 images per class (random
+# subset, DM, DDM), 200 condensation iterations per step with 64 real images per class,
+# 2 class orders x 2 fresh ConvNets per step trained 200 epochs. One run folder per method in
+# runs/continual/<method>, then runs/continual/continual.png and a combined table.
+#
+# Resumable: finished (order, step) pairs and condensed steps are kept, so rerunning the same
+# command continues an interrupted benchmark.
+#
+#   benchmarks/continual_cifar10.sh                       # CIFAR-10 under ../shared/data
+#   DATA_ROOT=~/data benchmarks/continual_cifar10.sh --device cuda   # extra flags: every run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_ROOT="${DATA_ROOT:-../shared/data}"
+OUT="${OUT:-runs/continual}"
+METHODS=(random dm ddm)
+
+if command -v ddm >/dev/null 2>&1; then
+    DDM=ddm
+elif [[ -x .venv/bin/ddm ]]; then
+    DDM=.venv/bin/ddm
+else
+    echo "continual_cifar10.sh: no ddm on PATH and no .venv/bin/ddm; pip install -e . first" >&2
+    exit 2
+fi
+
+for method in "${METHODS[@]}"; do
+    echo "== continual CIFAR-10: $method =="
+    "$DDM" continual \
+        --dataset cifar10 --data-root "$DATA_ROOT" \
+        --method "$method" --steps 5 --ipc 10 \
+        --iterations 200 --batch-real 64 \
+        --orders 2 --runs 2 --epochs 200 \
+        --out "$OUT/$method" "$@"
+done
+
+"$DDM" continual-plot "${METHODS[@]/#/$OUT/}" --out "$OUT/continual.png"

@@ -1,0 +1,205 @@
+"""Seconds per condensation iteration and peak memory, next to the bare compute.
+
+For each setting (method, ipc) a fresh subprocess loads CIFAR-10, runs a few iterations of
+the real loop, then times the *bare compute* an iteration cannot avoid, in the same process:
+one no-grad forward of the real class batches plus forward and backward of the synthetic
+images through the same network. ``ratio`` = iteration / bare. A ``reference-style`` row runs
+the field's reference DM loop shape (per-class forward with autograd, stock pooling, glibc's
+default allocator behaviour) in the same way, for scale.
+
+    python benchmarks/speed.py --data-root ../shared/data            # full table
+    python benchmarks/speed.py --data-root ../shared/data --ipc 10 --methods dm ddm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _bare(net, dataset, images, batch_real, chunk, maps):
+    gen = torch.Generator().manual_seed(0)
+    real = [dataset.class_batch(c, batch_real, gen) for c in range(dataset.num_classes)]
+    x = torch.cat(real)
+    step = chunk or len(x)
+
+    def once():
+        with torch.no_grad():
+            for i in range(0, len(x), step):
+                (net.embed_and_maps if maps else net.embed)(x[i : i + step])
+        syn = images.detach().requires_grad_(True)
+        out = net.embed_and_maps(syn)[0] if maps else net.embed(syn)
+        out.sum().backward()
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        once()
+    return (time.perf_counter() - t0) / 3
+
+
+def _reference_style(dataset, ipc, batch_real, iters):
+    """The reference DM loop's shape: per-class forward, real side with autograd on."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ddm.augment import apply, sample_params
+    from ddm.models import ConvNet
+
+    images = torch.randn(dataset.num_classes * ipc, 3, 32, 32, requires_grad=True)
+    opt = torch.optim.SGD([images], lr=1.0, momentum=0.5)
+    gen = torch.Generator().manual_seed(0)
+
+    def stock(net):  # the reference's nn.AvgPool2d and out-of-place ReLU
+        for i, m in enumerate(net.features):
+            if isinstance(m, nn.AvgPool2d):
+                net.features[i] = nn.AvgPool2d(2, 2)
+            if isinstance(m, nn.ReLU):
+                net.features[i] = nn.ReLU()
+        return net
+
+    def step():
+        net = stock(ConvNet(3, 10))
+        for p in net.parameters():
+            p.requires_grad = False
+        loss = torch.zeros(())
+        for c in range(dataset.num_classes):
+            real = dataset.class_batch(c, batch_real, gen)
+            syn = images[c * ipc : (c + 1) * ipc]
+            p = sample_params(dataset.dsa_strategy, ipc, (32, 32), gen, siamese=True)
+            out_real = net.embed(apply(real, p)).detach()
+            out_syn = net.embed(apply(syn, p))
+            loss = loss + ((out_real.mean(0) - out_syn.mean(0)) ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return F.relu(loss)
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - t0) / iters
+
+
+def one(args) -> dict:
+    """Measure one setting in this process; print a JSON line."""
+    from ddm.condense import _Run
+    from ddm.config import CondenseConfig
+    from ddm.data import load_dataset
+    from ddm.runtime import tune_allocator
+
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset("cifar10", args.data_root)
+    if args.method == "reference-style":
+        sec = _reference_style(dataset, args.ipc_one, args.batch_real, args.iters)
+        bare = None
+    else:
+        tune_allocator()
+        extra = {"compile": True} if args.compile else {}
+        cfg = CondenseConfig(
+            dataset="cifar10",
+            data_root=args.data_root,
+            ipc=args.ipc_one,
+            method=args.method,
+            batch_real=args.batch_real,
+            iterations=args.iters + 1,
+            device="cpu",
+            **extra,
+        ).resolved()
+        run = _Run(cfg, dataset, None)
+        run.step()  # warm-up (and compilation)
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            run.step()
+        sec = (time.perf_counter() - t0) / args.iters
+        bare = _bare(
+            run.net, dataset, run.images, args.batch_real, run.chunk, run.weights.needs_maps
+        )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "method": args.method + ("+compile" if args.compile else ""),
+        "ipc": args.ipc_one,
+        "sec": sec,
+        "bare": bare,
+        "peak_mb": peak_mb,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--methods", nargs="+", default=["dm", "ddm", "reference-style"])
+    p.add_argument("--batch-real", type=int, default=256)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile rows")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
+    p.add_argument("--ipc-one", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args)))
+        return
+
+    rows = []
+    settings = [(m, i, False) for i in args.ipc for m in args.methods]
+    if args.compile:
+        settings += [("dm", i, True) for i in args.ipc]
+    for method, ipc, comp in settings:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--method",
+            method,
+            "--ipc-one",
+            str(ipc),
+            "--data-root",
+            args.data_root,
+            "--batch-real",
+            str(args.batch_real),
+            "--iters",
+            str(args.iters),
+            "--threads",
+            str(args.threads),
+        ]
+        if comp:
+            cmd.append("--compile")
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if out.returncode != 0:
+            print(out.stderr[-2000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  measured {rows[-1]['method']} ipc {ipc}", file=sys.stderr)
+
+    dm = {r["ipc"]: r["sec"] for r in rows if r["method"] == "dm"}
+    print(
+        f"\nCIFAR-10, batch_real {args.batch_real}, {args.threads} threads, "
+        f"{torch.__version__}, mean of {args.iters} iterations after one warm-up\n"
+    )
+    print(
+        "| method | ipc | s / iteration | bare compute (s) | ratio to bare | vs DM | peak RSS (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        bare = f"{r['bare']:.2f}" if r["bare"] else "-"
+        ratio = f"{r['sec'] / r['bare']:.2f}x" if r["bare"] else "-"
+        vs_dm = f"{r['sec'] / dm[r['ipc']]:.2f}x" if r["ipc"] in dm else "-"
+        print(
+            f"| {r['method']} | {r['ipc']} | {r['sec']:.2f} | {bare} | {ratio} | {vs_dm} | "
+            f"{r['peak_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
