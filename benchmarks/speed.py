@@ -187,9 +187,16 @@ def main() -> None:
         f"\nCIFAR-10, batch_real {args.batch_real}, {args.threads} threads, "
         f"{torch.__version__}, mean of {args.iters} iterations after one warm-up\n"
     )
-    print(
-        "| method | ipc | s / iteration | bare compute (s) | ratio to bare | vs DM | peak RSS (MB) |"
-    )
+    cols = [
+        "method",
+        "ipc",
+        "s / iteration",
+        "bare compute (s)",
+        "ratio to bare",
+        "vs DM",
+        "peak RSS (MB)",
+    ]
+    print("| " + " | ".join(cols) + " |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         bare = f"{r['bare']:.2f}" if r["bare"] else "-"

@@ -246,3 +246,93 @@ def test_batchnorm_model_runs(digits):
 def test_noise_init(digits):
     run = _Run(dataclasses.replace(TINY, init="noise").resolved(), digits, None)
     assert run.images.mean().abs() < 0.5 and 0.7 < run.images.std() < 1.3
+
+
+# --- IDM base -------------------------------------------------------------------------------------
+
+IDM = dataclasses.replace(
+    TINY,
+    method="idm",
+    ipc=1,
+    iterations=5,
+    net_generate_interval=2,
+    model_batch=16,
+    model_train_steps=2,
+)
+
+
+def test_idm_init_tiles_downscaled_real_images(digits):
+    import torch.nn.functional as F
+
+    from ddm.bases import init_partitioned
+    from ddm.io import expand
+
+    images, labels = init_partitioned(digits, 2, 2, torch.Generator().manual_seed(0))
+    assert images.shape == (20, 1, 8, 8) and labels.tolist() == [c for c in range(10) for _ in "ab"]
+    real = digits.class_batch(0, 8, torch.Generator().manual_seed(0))  # the same draw for class 0
+    small = F.interpolate(real, size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+    # stored image 0 of class 0: tiles 0..3 at (top-left, top-right, bottom-left, bottom-right)
+    assert torch.allclose(images[0, :, :4, :4], small[0])
+    assert torch.allclose(images[0, :, :4, 4:], small[1])
+    assert torch.allclose(images[0, :, 4:, :4], small[2])
+    assert torch.allclose(images[1, :, 4:, 4:], small[7])
+    up, lab = expand(images, labels, 2)
+    assert up.shape == (80, 1, 8, 8) and lab[:8].tolist() == [0] * 8
+    assert torch.allclose(up[1], F.interpolate(small[1:2], size=(8, 8), mode="bilinear")[0])
+
+
+def test_idm_queue_grows_trains_and_resumes_exactly(tmp_path, digits, monkeypatch):
+    from ddm.bases import IDMBase
+
+    full = condense(IDM, tmp_path / "a", dataset=digits, progress=False)
+    run = _Run(IDM.resolved(), digits, None)
+    assert isinstance(run.base, IDMBase) and len(run.base.nets) == 3 and run.per_class == 4
+    for _ in range(5):
+        run.step()
+    assert len(run.base.nets) == 5  # +1 at iterations 2 and 4
+    assert any(a > 0 for a in run.base.accs)
+    assert torch.equal(run.images.detach(), full.images)  # same as the run with outputs
+    rows = _log_rows(tmp_path / "a")
+    assert any(float(r["ce"]) > 0 for r in rows) and all(
+        float(r["queue_seconds"]) > 0 for r in rows
+    )
+
+    real_step, calls = _Run.step, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(_Run, "step", interrupted)
+    cfg = dataclasses.replace(IDM, checkpoint_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        condense(cfg, tmp_path / "b", dataset=digits, progress=False)
+    monkeypatch.setattr(_Run, "step", real_step)
+    resumed = condense(cfg, tmp_path / "b", dataset=digits, progress=False, resume=True)
+    assert torch.equal(full.images, resumed.images)
+
+
+def test_idm_queue_capacity(digits):
+    run = _Run(
+        dataclasses.replace(IDM, net_num=4, net_generate_interval=1).resolved(), digits, None
+    )
+    for it in range(1, 4):
+        run.base.network(it)
+    assert len(run.base.nets) == 4 and run.base.ids == [2, 3, 4, 5]
+
+
+def test_ddm_on_idm_logs_all_terms(tmp_path, digits):
+    cfg = dataclasses.replace(IDM, method="ddm", base="idm", iterations=2)
+    syn = condense(cfg, tmp_path / "r", dataset=digits, progress=False)
+    assert syn.meta["expansion_factor"] == 2 and syn.meta["base"] == "idm"
+    rows = _log_rows(tmp_path / "r")
+    assert all(float(r["mm"]) > 0 and float(r["cm"]) > 0 and float(r["icd"]) < 0 for r in rows)
+
+
+def test_idm_only_options_are_refused_on_dm(digits):
+    with pytest.raises(ValueError, match="factor"):
+        dataclasses.replace(TINY, factor=2).resolved()
+    with pytest.raises(ValueError, match="ce-weight"):
+        dataclasses.replace(TINY, ce_weight=0.5).resolved()

@@ -159,9 +159,10 @@ def _summary(folder: Path) -> str:
 
 
 def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
-    width = max(len(r[0]) for r in [header, *rows])
-    out = [f"| {header[0]:<{width}} | {header[1]} |", f"|{'-' * (width + 2)}|{'-' * 17}|"]
-    out += [f"| {a:<{width}} | {b} |" for a, b in rows]
+    w0 = max(len(r[0]) for r in [header, *rows])
+    w1 = max(len(r[1]) for r in [header, *rows])
+    out = [f"| {header[0]:<{w0}} | {header[1]:<{w1}} |", f"|{'-' * (w0 + 2)}|{'-' * (w1 + 2)}|"]
+    out += [f"| {a:<{w0}} | {b:<{w1}} |" for a, b in rows]
     return "\n".join(out)
 
 
