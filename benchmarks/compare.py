@@ -51,6 +51,18 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
+def _value(text: str):
+    """'true'/'false' -> bool, numbers -> int/float, anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_row(spec: str) -> tuple[str, str, dict]:
     if spec in ROWS:
         return (spec, *ROWS[spec])
@@ -61,11 +73,7 @@ def parse_row(spec: str) -> tuple[str, str, dict]:
     overrides = {}
     for item in filter(None, kv.split(",")):
         key, value = item.split("=")
-        overrides[key] = (
-            value.lower() == "true"
-            if value.lower() in ("true", "false")
-            else (float(value) if any(ch in value for ch in ".e") else int(value))
-        )
+        overrides[key] = _value(value)
     return name, method, overrides
 
 

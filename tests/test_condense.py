@@ -33,6 +33,22 @@ def digits():
     return load_dataset("digits")
 
 
+def _interrupt_run(cfg, out, dataset, monkeypatch, at_call):
+    """Run ``condense`` and interrupt it (like Ctrl-C) inside its ``at_call``-th iteration."""
+    real_step, calls = _Run.step, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(_Run, "step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            condense(cfg, out, dataset=dataset, progress=False)
+
+
 def _log_rows(folder):
     with (folder / "log.csv").open() as f:
         return list(csv.DictReader(f))
@@ -132,18 +148,7 @@ def test_dm_run_writes_documented_outputs(tmp_path, digits):
 def test_resume_matches_uninterrupted(tmp_path, digits, monkeypatch):
     full = condense(TINY, tmp_path / "a", dataset=digits, progress=False)
     # interrupt inside iteration 4: only the checkpoint of iteration 2 survives
-    real_step, calls = _Run.step, []
-
-    def interrupted(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(_Run, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        condense(TINY, tmp_path / "b", dataset=digits, progress=False)
-    monkeypatch.setattr(_Run, "step", real_step)
+    _interrupt_run(TINY, tmp_path / "b", digits, monkeypatch, at_call=4)
     assert load_synthetic(tmp_path / "b").meta["iterations"] == 2  # last checkpoint
     resumed = condense(TINY, tmp_path / "b", dataset=digits, progress=False, resume=True)
     assert torch.equal(full.images, resumed.images)
@@ -297,19 +302,8 @@ def test_idm_queue_grows_trains_and_resumes_exactly(tmp_path, digits, monkeypatc
         float(r["queue_seconds"]) > 0 for r in rows
     )
 
-    real_step, calls = _Run.step, []
-
-    def interrupted(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(_Run, "step", interrupted)
     cfg = dataclasses.replace(IDM, checkpoint_every=3)
-    with pytest.raises(KeyboardInterrupt):
-        condense(cfg, tmp_path / "b", dataset=digits, progress=False)
-    monkeypatch.setattr(_Run, "step", real_step)
+    _interrupt_run(cfg, tmp_path / "b", digits, monkeypatch, at_call=4)
     resumed = condense(cfg, tmp_path / "b", dataset=digits, progress=False, resume=True)
     assert torch.equal(full.images, resumed.images)
 
