@@ -16,9 +16,12 @@ $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/ta
     --rows random dm herding dm+style &
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_b.md \
     --rows ddm dm+mm dm+cm dm+icd &
+$PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_sweep.md \
+    --rows "ddm-style1e3=ddm:w_mm=1000.0,w_cm=1000.0" "ddm-icd-nograd=ddm:icd_neighbour_grad=false" &
 wait
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 \
-    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm
+    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm ddm-style1e3=ddm:w_mm=1000.0,w_cm=1000.0 \
+    ddm-icd-nograd=ddm:icd_neighbour_grad=false
 
 # Issue 4: DM, DDM, IDM, DDM on IDM (ipc 1, 100 iterations, IDM queue training reduced to
 # 5 steps of 64 images; evaluation 200 epochs x 3 models)
