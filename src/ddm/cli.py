@@ -178,11 +178,19 @@ def cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_set(out: Path, syn, settings: dict[str, Any]) -> None:
+    """Write a selected (not condensed) set as a run folder: tensors, meta, grid, settings."""
+    from .io import atomic_write_json, save_grid, save_synthetic
+
+    save_synthetic(out, syn)
+    save_grid(out / "grid.png", syn.denormalized(), syn.labels)
+    atomic_write_json(out / "config.json", {**settings, "version": __version__})
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baselines import BASELINES
     from .condense import prepare_run_folder
     from .data import load_dataset
-    from .io import atomic_write_json, save_grid, save_synthetic
 
     if args.method not in BASELINES:
         raise ValueError(f"unknown baseline {args.method!r}; known: {', '.join(BASELINES)}")
@@ -195,19 +203,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.method == "herding":
         kwargs.update(epochs=args.herding_epochs, device=args.device, progress=not args.quiet)
     syn = BASELINES[args.method](dataset, args.ipc, **kwargs)
-    save_synthetic(out, syn)
-    save_grid(out / "grid.png", syn.denormalized(), syn.labels)
-    atomic_write_json(
-        out / "config.json",
-        {
-            "method": args.method,
-            "dataset": args.dataset,
-            "data_root": args.data_root,
-            "ipc": args.ipc,
-            **kwargs,
-            "version": __version__,
-        },
-    )
+    settings = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "ipc": args.ipc,
+        **kwargs,
+    }
+    _write_set(out, syn, {k: v for k, v in settings.items() if k != "progress"})
     print(_summary(out))
     return 0
 
@@ -258,7 +261,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import CondenseConfig, EvalConfig
     from .data import load_dataset
     from .evaluate import evaluate_set, record_metrics
-    from .io import atomic_write_json, save_grid, save_synthetic
 
     out = Path(args.out)
     dataset = load_dataset("digits")
@@ -281,10 +283,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rand_dir = out / "random"
     prepare_run_folder(rand_dir, resume=False, overwrite=True)
     rand = random_subset(dataset, args.ipc, seed=args.seed)
-    save_synthetic(rand_dir, rand)
-    save_grid(rand_dir / "grid.png", rand.denormalized(), rand.labels)
-    atomic_write_json(
-        rand_dir / "config.json",
+    _write_set(
+        rand_dir,
+        rand,
         {"method": "random", "dataset": "digits", "ipc": args.ipc, "seed": args.seed},
     )
     rows = []
