@@ -3,12 +3,17 @@
 For each setting (method, ipc) a fresh subprocess loads CIFAR-10, runs a few iterations of
 the real loop, then times the *bare compute* an iteration cannot avoid, in the same process:
 one no-grad forward of the real class batches plus forward and backward of the synthetic
-images through the same network. ``ratio`` = iteration / bare. A ``reference-style`` row runs
+images through the same network. ``ratio`` = iteration / bare; ``queue share`` is the part of
+an IDM iteration spent training queue models between matching steps. A ``reference-style`` row runs
 the field's reference DM loop shape (per-class forward with autograd, stock pooling, glibc's
 default allocator behaviour) in the same way, for scale.
 
     python benchmarks/speed.py --data-root ../shared/data            # full table
     python benchmarks/speed.py --data-root ../shared/data --ipc 10 --methods dm ddm
+    python benchmarks/speed.py --ipc 10 --methods dm idm ddm-idm   # IDM with its own defaults
+    python benchmarks/speed.py --ipc 10 --methods idm --set model_batch=64 --set model_train_steps=5
+
+Methods: dm, ddm, idm, ddm-idm (DDM's terms on the IDM base), reference-style.
 """
 
 from __future__ import annotations
@@ -89,6 +94,17 @@ def _reference_style(dataset, ipc, batch_real, iters):
     return (time.perf_counter() - t0) / iters
 
 
+def _value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def one(args) -> dict:
     """Measure one setting in this process; print a JSON line."""
     from ddm.condense import _Run
@@ -100,15 +116,21 @@ def one(args) -> dict:
     dataset = load_dataset("cifar10", args.data_root)
     if args.method == "reference-style":
         sec = _reference_style(dataset, args.ipc_one, args.batch_real, args.iters)
-        bare = None
+        bare, queue = None, 0.0
     else:
         tune_allocator()
         extra = {"compile": True} if args.compile else {}
+        method = args.method
+        if method == "ddm-idm":
+            method, extra["base"] = "ddm", "idm"
+        for item in args.set:  # CondenseConfig overrides, KEY=VALUE
+            key, _, value = item.partition("=")
+            extra[key] = _value(value)
         cfg = CondenseConfig(
             dataset="cifar10",
             data_root=args.data_root,
             ipc=args.ipc_one,
-            method=args.method,
+            method=method,
             batch_real=args.batch_real,
             iterations=args.iters + 1,
             device="cpu",
@@ -116,19 +138,22 @@ def one(args) -> dict:
         ).resolved()
         run = _Run(cfg, dataset, None)
         run.step()  # warm-up (and compilation)
+        queue = 0.0
         t0 = time.perf_counter()
         for _ in range(args.iters):
-            run.step()
+            queue += run.step()[1].get("queue_s", 0.0)
         sec = (time.perf_counter() - t0) / args.iters
-        bare = _bare(
-            run.net, dataset, run.images, args.batch_real, run.chunk, run.weights.needs_maps
-        )
+        queue /= args.iters
+        net = run.base.network(run.iteration)  # DM: a fresh net; IDM: one drawn from the queue
+        syn = run.base.expand(run.images, run.labels)[0]  # IDM matches the expanded images
+        bare = _bare(net, dataset, syn, args.batch_real, run.chunk, run.weights.needs_maps)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "method": args.method + ("+compile" if args.compile else ""),
         "ipc": args.ipc_one,
         "sec": sec,
         "bare": bare,
+        "queue": queue,
         "peak_mb": peak_mb,
     }
 
@@ -137,11 +162,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="../shared/data")
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
-    p.add_argument("--methods", nargs="+", default=["dm", "ddm", "reference-style"])
+    p.add_argument(
+        "--methods", nargs="+", default=["dm", "ddm", "idm", "ddm-idm", "reference-style"]
+    )
     p.add_argument("--batch-real", type=int, default=256)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time torch.compile rows")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a CondenseConfig field for every row, e.g. model_train_steps=5 (repeatable)",
+    )
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--ipc-one", type=int, help=argparse.SUPPRESS)
@@ -174,6 +208,8 @@ def main() -> None:
         ]
         if comp:
             cmd.append("--compile")
+        for item in args.set:
+            cmd += ["--set", item]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
@@ -185,7 +221,9 @@ def main() -> None:
     dm = {r["ipc"]: r["sec"] for r in rows if r["method"] == "dm"}
     print(
         f"\nCIFAR-10, batch_real {args.batch_real}, {args.threads} threads, "
-        f"{torch.__version__}, mean of {args.iters} iterations after one warm-up\n"
+        f"{torch.__version__}, mean of {args.iters} iterations after one warm-up"
+        + (f", with {' '.join(args.set)}" if args.set else "")
+        + "\n"
     )
     cols = [
         "method",
@@ -194,17 +232,19 @@ def main() -> None:
         "bare compute (s)",
         "ratio to bare",
         "vs DM",
+        "queue share",
         "peak RSS (MB)",
     ]
     print("| " + " | ".join(cols) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print("|" + "---|" * len(cols))
     for r in rows:
         bare = f"{r['bare']:.2f}" if r["bare"] else "-"
         ratio = f"{r['sec'] / r['bare']:.2f}x" if r["bare"] else "-"
         vs_dm = f"{r['sec'] / dm[r['ipc']]:.2f}x" if r["ipc"] in dm else "-"
+        queue = f"{100 * r['queue'] / r['sec']:.0f}%" if r.get("queue") else "-"
         print(
             f"| {r['method']} | {r['ipc']} | {r['sec']:.2f} | {bare} | {ratio} | {vs_dm} | "
-            f"{r['peak_mb']:.0f} |"
+            f"{queue} | {r['peak_mb']:.0f} |"
         )
 
 

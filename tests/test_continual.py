@@ -225,6 +225,27 @@ def test_other_settings_refused_unless_overwrite(runs, tmp_path, monkeypatch):
     assert len(_rows(out / "results.csv")) == 2
 
 
+def test_more_orders_extend_a_finished_run(runs, tmp_path, monkeypatch):
+    out = tmp_path / "random"
+    shutil.copytree(runs / "random", out)
+    argv = ["continual", "--dataset", "digits", "--method", "random", *TINY, "--out", str(out)]
+    before = _rows(out / "results.csv")
+    evaluated = []
+    real = continual._evaluate_step
+    monkeypatch.setattr(
+        continual,
+        "_evaluate_step",
+        lambda s, d, p, seen, o, st: evaluated.append((o, st)) or real(s, d, p, seen, o, st),
+    )
+    assert _cli([*argv, "--orders", "2"]) == 0
+    assert evaluated == [(1, 1), (1, 2)]  # only the new order runs
+    rows = _rows(out / "results.csv")
+    assert rows[: len(before)] == before and {r["order"] for r in rows} == {"0", "1"}
+    assert all(int(r["n"]) == 2 for r in _rows(out / "summary.csv"))
+    with pytest.raises(RunFolderError, match="orders: 2 -> 1"):
+        _cli(argv)  # fewer orders would drop finished ones: refused
+
+
 def test_killed_condensation_resumes(digits, tmp_path, monkeypatch):
     settings = ContinualConfig(
         dataset="digits", method="dm", steps=2, ipc=2, iterations=4, batch_real=16, device="cpu"
@@ -276,6 +297,44 @@ def test_cache_key_depends_on_what_decides_the_set(digits):
         _cache_key(rand, digits, [1, 2])[0]
         == _cache_key(ContinualConfig(**{**rand.to_dict(), "iterations": 7}), digits, [1, 2])[0]
     )  # a selection does not depend on the condensation settings
+
+
+def test_set_reaches_every_step_and_the_cache_key(digits, tmp_path):
+    """--set passes condensation settings the continual flags do not cover (IDM's queue)."""
+    base = ContinualConfig(dataset="digits", method="idm", ipc=2, iterations=3)
+    queue = ContinualConfig(**{**base.to_dict(), "condense": {"model_train_steps": 2}})
+    assert queue.condense_config("digits").model_train_steps == 2
+    assert _cache_key(queue, digits, [1, 2])[0] != _cache_key(base, digits, [1, 2])[0]
+    argv = ["continual", "--dataset", "digits", "--method", "idm", *TINY, "--out",
+            str(tmp_path / "idm"), "--set", "model_train_steps=2",
+            "--set", "model-batch=8"]  # fmt: skip
+    assert _cli(argv) == 0
+    config = read_json(tmp_path / "idm" / "config.json")
+    assert config["continual"]["condense"] == {"model_train_steps": 2, "model_batch": 8}
+    assert config["condense"]["model_train_steps"] == 2 and config["condense"]["model_batch"] == 8
+    cached = read_json(next((tmp_path / "idm" / "cache").iterdir()) / "config.json")
+    assert cached["model_train_steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["ipc=3"], "use the --ipc flag"),
+        (["no_such=1"], "not a condensation setting"),
+        (["model_batch"], "KEY=VALUE"),
+    ],
+)
+def test_set_refuses_what_it_cannot_mean(tmp_path, items, message):
+    argv = ["continual", "--dataset", "digits", "--method", "dm", *TINY, "--out", str(tmp_path)]
+    for item in items:
+        argv += ["--set", item]
+    with pytest.raises(ValueError, match=message):
+        _cli(argv)
+    with pytest.raises(ValueError, match="condensation methods"):
+        run_continual(
+            ContinualConfig(dataset="digits", method="random", condense={"model_batch": 8}),
+            tmp_path / "r",
+        )
 
 
 # --- CIFAR-100 files, plot -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ A run folder ``RUN`` holds:
 
 - ``config.json``: the resolved settings (continual, condensation and evaluation protocol);
 - ``progress.json``: every finished (order, step) with its accuracies, written after each one,
-  so a restarted run with the same settings skips them;
+  so a restarted run with the same settings skips them (a larger ``--orders`` adds orders);
 - ``cache/<key>/``: one condensed (or selected) set per step, keyed by a hash of what decides
   it (dataset, the step's classes, method, resolved settings, seed), reused whenever the same
   step comes again; a condensation there is an ordinary run folder and resumes if killed;
@@ -88,6 +88,11 @@ OUTPUT_FILES = (CONFIG_FILE, PROGRESS_FILE, RESULTS_FILE, SUMMARY_CSV, SUMMARY_M
 RESTARTABLE_CHANGES = {"device", "data_root"}
 # Condensation settings that do not change the condensed set (not part of the cache key).
 _NOT_IN_KEY = {"device", "checkpoint_every", "real_chunk", "data_root", "compile"}
+# condensation settings that have their own continual flag
+_SET_BY_CONTINUAL = frozenset(
+    {"dataset", "data_root", "image_size", "ipc", "method", "base", "iterations", "batch_real"}
+    | {"w_mm", "w_cm", "w_icd", "seed", "device"}
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class ContinualConfig:
     herding_epochs: int = 2
     seed: int = 0  # condensation / selection seed (the class orders do not depend on it)
     device: str = "auto"
+    # further CondenseConfig fields for every step (e.g. IDM's queue: model_train_steps)
+    condense: dict[str, Any] | None = None
 
     def validated(self) -> ContinualConfig:
         """Check the settings; raises ValueError saying what to change."""
@@ -124,6 +131,18 @@ class ContinualConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if self.condense:
+            fields = {f.name for f in dataclasses.fields(CondenseConfig)}
+            for key in self.condense:
+                if key in _SET_BY_CONTINUAL:
+                    raise ValueError(f"--set {key}=...: use the --{key.replace('_', '-')} flag")
+                if key not in fields:
+                    raise ValueError(
+                        f"--set {key}=...: not a condensation setting; known: "
+                        f"{', '.join(sorted(fields - _SET_BY_CONTINUAL))}"
+                    )
+            if self.method not in METHODS:
+                raise ValueError(f"--set applies to condensation methods, not {self.method!r}")
         if self.method == "herding" and self.herding_epochs <= 0:
             raise ValueError(f"--herding-epochs must be positive, got {self.herding_epochs}")
         if self.method in METHODS:
@@ -146,6 +165,7 @@ class ContinualConfig:
             w_icd=self.w_icd,
             seed=self.seed,
             device=self.device,
+            **(self.condense or {}),
         )
 
     def eval_config(self, order: int, step: int) -> EvalConfig:
@@ -338,9 +358,12 @@ def _prepare(out: Path, config: dict[str, Any], overwrite: bool) -> list[dict[st
     saved = read_json(out / CONFIG_FILE).get("continual", {})
     now = config["continual"]
     diffs = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(now) | set(saved))
-        if k not in RESTARTABLE_CHANGES and saved.get(k) != now.get(k)
+        if k not in RESTARTABLE_CHANGES
+        and saved.get(k) != now.get(k)
+        # more class orders extend a run: the finished ones stay valid
+        and not (k == "orders" and isinstance(saved.get(k), int) and now[k] > saved[k])
     ]
     if diffs:
         raise RunFolderError(
@@ -600,10 +623,31 @@ def plot_runs(folders: Sequence[str | os.PathLike], path: str | os.PathLike) -> 
 # --- command line --------------------------------------------------------------------------------
 
 
+def _overrides(items: Sequence[str]) -> dict[str, Any] | None:
+    """``["model_train_steps=5", "dsa=false"]`` -> {"model_train_steps": 5, "dsa": False}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        out[key.replace("-", "_")] = value
+    return out or None
+
+
 def cmd_continual(args: argparse.Namespace) -> int:
-    settings = ContinualConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ContinualConfig)}
-    )
+    fields = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ContinualConfig)}
+    fields["condense"] = _overrides(args.set or [])
+    settings = ContinualConfig(**fields)
     summary = run_continual(
         settings,
         args.out,
@@ -650,9 +694,19 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--w-cm", type=float, default=None, help="DDM correlation weight (1e4)")
     p.add_argument("--w-icd", type=float, default=None, help="DDM diversity weight (10)")
     p.add_argument("--herding-epochs", type=int, default=d.herding_epochs, help="(%(default)s)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="another condensation setting for every step, e.g. model_train_steps=5 (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="condensation seed (%(default)s)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N] (%(default)s)")
-    p.add_argument("--out", required=True, help="run folder (continued if it holds this run)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder (continued if it holds this run; a larger --orders extends it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard a run with other settings")
     p.set_defaults(func=cmd_continual)
 
