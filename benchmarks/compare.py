@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ddm.baselines import herding, random_subset
 from ddm.condense import condense
-from ddm.config import CondenseConfig, EvalConfig
+from ddm.config import CondenseConfig, EvalConfig, parse_overrides
 from ddm.data import load_dataset
 from ddm.evaluate import evaluate_set, record_metrics
 from ddm.io import (
@@ -51,18 +51,6 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _value(text: str):
-    """'true'/'false' -> bool, numbers -> int/float, anything else stays a string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_row(spec: str) -> tuple[str, str, dict]:
     if spec in ROWS:
         return (spec, *ROWS[spec])
@@ -70,11 +58,7 @@ def parse_row(spec: str) -> tuple[str, str, dict]:
         raise SystemExit(f"unknown row {spec!r}; known: {', '.join(ROWS)} or name=method:k=v,...")
     name, rest = spec.split("=", 1)
     method, _, kv = rest.partition(":")
-    overrides = {}
-    for item in filter(None, kv.split(",")):
-        key, value = item.split("=")
-        overrides[key] = _value(value)
-    return name, method, overrides
+    return name, method, parse_overrides(filter(None, kv.split(",")))
 
 
 def main() -> None:

@@ -94,21 +94,10 @@ def _reference_style(dataset, ipc, batch_real, iters):
     return (time.perf_counter() - t0) / iters
 
 
-def _value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def one(args) -> dict:
     """Measure one setting in this process; print a JSON line."""
     from ddm.condense import _Run
-    from ddm.config import CondenseConfig
+    from ddm.config import CondenseConfig, parse_overrides
     from ddm.data import load_dataset
     from ddm.runtime import tune_allocator
 
@@ -123,9 +112,7 @@ def one(args) -> dict:
         method = args.method
         if method == "ddm-idm":
             method, extra["base"] = "ddm", "idm"
-        for item in args.set:  # CondenseConfig overrides, KEY=VALUE
-            key, _, value = item.partition("=")
-            extra[key] = _value(value)
+        extra.update(parse_overrides(args.set))  # CondenseConfig fields, KEY=VALUE
         cfg = CondenseConfig(
             dataset="cifar10",
             data_root=args.data_root,

@@ -19,7 +19,7 @@ from ddm.condense import (
     objective,
     real_statistics,
 )
-from ddm.config import CondenseConfig
+from ddm.config import CondenseConfig, parse_overrides
 from ddm.data import load_dataset
 from ddm.io import RunFolderError, load_synthetic
 from ddm.losses import correlation_loss, diversity_loss, mmd_loss, moments_loss
@@ -330,3 +330,13 @@ def test_idm_only_options_are_refused_on_dm(digits):
         dataclasses.replace(TINY, factor=2).resolved()
     with pytest.raises(ValueError, match="ce-weight"):
         dataclasses.replace(TINY, ce_weight=0.5).resolved()
+
+
+def test_parse_overrides_types_and_errors():
+    got = parse_overrides(["model-batch=64", "lr_img=0.5", "dsa=False", "init=noise", "w_mm=1e3"])
+    assert got == {"model_batch": 64, "lr_img": 0.5, "dsa": False, "init": "noise", "w_mm": 1000.0}
+    assert isinstance(got["model_batch"], int) and isinstance(got["w_mm"], float)
+    assert CondenseConfig(**got).resolved().model_batch == 64
+    for bad in ("model_batch", "=3"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_overrides([bad])

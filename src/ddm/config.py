@@ -7,6 +7,7 @@ every run writes the resolved settings to ``config.json`` next to its outputs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,32 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
             f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return cls(**values)
+
+
+def parse_value(text: str) -> bool | int | float | str:
+    """A KEY=VALUE value: 'true'/'false' -> bool, numbers -> int/float, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["model_train_steps=5", "dsa=false"]`` -> ``{"model_train_steps": 5, "dsa": False}``.
+
+    Keys may use dashes (``model-batch``); a malformed item raises ValueError.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = parse_value(text)
+    return out
 
 
 def available_presets() -> list[str]:

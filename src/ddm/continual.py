@@ -40,7 +40,7 @@ import torch
 from . import __version__
 from .baselines import herding, random_subset
 from .condense import CHECKPOINT_FILE, condense
-from .config import METHODS, CondenseConfig, EvalConfig
+from .config import METHODS, CondenseConfig, EvalConfig, parse_overrides
 from .data import Dataset, Split, load_dataset
 from .evaluate import train_and_test
 from .io import (
@@ -623,30 +623,12 @@ def plot_runs(folders: Sequence[str | os.PathLike], path: str | os.PathLike) -> 
 # --- command line --------------------------------------------------------------------------------
 
 
-def _overrides(items: Sequence[str]) -> dict[str, Any] | None:
-    """``["model_train_steps=5", "dsa=false"]`` -> {"model_train_steps": 5, "dsa": False}."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        value: Any = text
-        if text.lower() in ("true", "false"):
-            value = text.lower() == "true"
-        else:
-            for kind in (int, float):
-                try:
-                    value = kind(text)
-                    break
-                except ValueError:
-                    pass
-        out[key.replace("-", "_")] = value
-    return out or None
-
-
 def cmd_continual(args: argparse.Namespace) -> int:
     fields = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ContinualConfig)}
-    fields["condense"] = _overrides(args.set or [])
+    try:
+        fields["condense"] = parse_overrides(args.set or []) or None
+    except ValueError as exc:
+        raise ValueError(f"--set: {exc}") from None
     settings = ContinualConfig(**fields)
     summary = run_continual(
         settings,
