@@ -398,6 +398,16 @@ def test_continual_plot(runs, tmp_path, capsys):
     assert table.count("+-") == 4  # 2 steps x 2 runs
 
 
+def test_plot_label_names_the_base(runs, tmp_path):
+    out = tmp_path / "x"
+    shutil.copytree(runs / "dm", out)
+    config = read_json(out / "config.json")
+    config["continual"].update(method="ddm", base="idm")
+    (out / "config.json").write_text(json.dumps(config))
+    assert continual.read_summary(out)[0] == "ddm on idm"
+    assert continual.read_summary(runs / "dm")[0] == "dm"
+
+
 def test_continual_plot_needs_run_folders(tmp_path):
     with pytest.raises(RunFolderError, match="summary.csv"):
         _cli(["continual-plot", str(tmp_path), "--out", str(tmp_path / "x.png")])

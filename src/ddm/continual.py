@@ -560,7 +560,10 @@ def read_summary(folder: str | os.PathLike) -> tuple[str, list[StepSummary]]:
     ]
     label = folder.name
     if (folder / CONFIG_FILE).exists():
-        label = read_json(folder / CONFIG_FILE).get("continual", {}).get("method", label)
+        saved = read_json(folder / CONFIG_FILE).get("continual", {})
+        label = saved.get("method", label)
+        if label == "ddm" and saved.get("base") == "idm":
+            label = "ddm on idm"
     return label, summary
 
 
