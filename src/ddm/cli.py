@@ -1,8 +1,10 @@
-"""The ``ddm`` command line: condense, evaluate, baseline, show, demo.
+"""The ``ddm`` command line: condense, evaluate, baseline, show, export, demo.
 
 Each sub-command only parses flags into the settings dataclasses and calls the library; every
 error a user can cause ends in one clear line on stderr and exit status 2 (1 for a diverged
-run), never a traceback.
+run), never a traceback. ``--config FILE`` (condense, evaluate, baseline, continual) fills in
+settings from a YAML or JSON file before the flags given on the command line
+(``ddm.configfile``).
 """
 
 from __future__ import annotations
@@ -203,42 +205,153 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if args.method == "herding":
         kwargs.update(epochs=args.herding_epochs, device=args.device, progress=not args.quiet)
     syn = BASELINES[args.method](dataset, args.ipc, **kwargs)
+    # by flag name, so the saved config.json is a valid --config
     settings = {
         "method": args.method,
         "dataset": args.dataset,
         "data_root": args.data_root,
+        "image_size": args.image_size,
         "ipc": args.ipc,
-        **kwargs,
+        "seed": args.seed,
     }
-    _write_set(out, syn, {k: v for k, v in settings.items() if k != "progress"})
+    if args.method == "herding":
+        settings.update(herding_epochs=args.herding_epochs, device=args.device)
+    _write_set(out, syn, settings)
     print(_summary(out))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from .data import load_dataset
+    from .evaluate import evaluate_run, evaluate_set, record_metrics
+    from .interop import import_set, is_run_folder
+    from .io import RunFolderError
 
     cfg = _eval_config(args)
-    for run in args.runs_dirs:
-        result = evaluate_run(run, cfg, data_root=args.data_root, progress=not args.quiet)
+    paths = [Path(p) for p in args.runs_dirs]
+    for path in paths:
+        if not path.exists():
+            raise RunFolderError(
+                f"missing file or folder {path}: expected a run folder, an image folder of "
+                "class sub-folders, or a DM/DC .pt file"
+            )
+    external = [p for p in paths if not is_run_folder(p)]
+    if args.out is not None and (len(paths) > 1 or not external):
+        raise ValueError(
+            "--out names where the metrics of one set made elsewhere go; a run folder keeps "
+            "its metrics.json, so evaluate several sets without --out"
+        )
+    if external and args.dataset is None:
+        raise ValueError(
+            f"{external[0]} is not a run folder; name the real data to test on with --dataset "
+            "(and --data-root)"
+        )
+    dataset = None
+    if args.dataset is not None:
+        dataset = load_dataset(args.dataset, args.data_root, args.image_size)
+    imported = {}  # every set is read and checked before the first (long) evaluation
+    for path in paths:
+        if path in external:
+            syn = import_set(
+                path,
+                dataset,
+                index=args.pt_index,
+                mean=args.syn_mean,
+                std=args.syn_std,
+                pixels=args.syn_pixels,
+            )
+            out = Path(args.out) if args.out else _external_out(path)
+            _write_imported(out, path, syn)
+            imported[path] = (syn, out)
+        elif dataset is not None and _run_dataset(path) != dataset.name:
+            raise ValueError(
+                f"{path} was condensed on {_run_dataset(path)}, not --dataset {dataset.name}"
+            )
+    for path in paths:
+        if path in imported:
+            syn, out = imported[path]
+            result = evaluate_set(syn, dataset, cfg, progress=not args.quiet)
+            record_metrics(out, result, cfg)
+            where = f"  -> {out / 'metrics.json'}"
+        else:
+            result = evaluate_run(
+                path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
+            )
+            where = ""
         print(
-            f"{run}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
-            f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)})"
+            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
+            f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
 
 
+def _run_dataset(path: Path) -> str | None:
+    from .io import META_FILE, read_json
+
+    folder = path.parent if path.suffix == ".safetensors" else path
+    return read_json(folder / META_FILE).get("dataset")
+
+
+def _external_out(path: Path) -> Path:
+    """Default folder for an external set's metrics: ``<name>-eval`` beside the input."""
+    return path.resolve().with_name(f"{path.resolve().stem}-eval")
+
+
+def _write_imported(out: Path, source: Path, syn) -> None:
+    """Keep an imported set as a run folder (``ddm show``/``evaluate`` work on it again)."""
+    from .io import META_FILE, RunFolderError, read_json, save_grid, save_synthetic
+
+    if out.resolve() == source.resolve():
+        raise RunFolderError(f"--out {out} is the input itself; name another folder")
+    if (out / META_FILE).exists():
+        held = read_json(out / META_FILE).get("source", {}).get("path")
+        if held != syn.meta["source"]["path"]:
+            raise RunFolderError(
+                f"{out} holds {'the set from ' + held if held else 'a run'}; name another --out"
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    save_synthetic(out, syn)
+    save_grid(out / "grid.png", syn.denormalized(), syn.labels)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    from .curves import CURVES_FILE, save_curves
     from .io import load_synthetic, save_grid
 
     folder = Path(args.run)
     syn = load_synthetic(folder)
-    if args.expanded:
+    save_grid(folder / "grid.png", syn.denormalized(), syn.labels)
+    written = ["grid.png"]
+    if args.expanded or syn.expansion_factor > 1:
         images, labels = syn.expanded()
         save_grid(folder / "grid_expanded.png", syn.denormalized(images), labels)
-    save_grid(folder / "grid.png", syn.denormalized(), syn.labels)
+        written.append("grid_expanded.png")
+    m = syn.meta
+    title = f"{folder.name}: {m.get('method')} on {m.get('dataset')}"
+    if save_curves(folder / "log.csv", folder / CURVES_FILE, title=title):
+        written.append(CURVES_FILE)
     print(_summary(folder))
-    print(f"wrote {folder / 'grid.png'}" + (" and grid_expanded.png" if args.expanded else ""))
+    print(f"wrote {', '.join(str(folder / name) for name in written)}")
+    if CURVES_FILE not in written:
+        print("no curves: no log.csv with logged iterations (not a condensation run, or none yet)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .interop import export_set
+    from .io import load_synthetic
+
+    syn = load_synthetic(args.run)
+    n = export_set(syn, args.out, args.format, expand=not args.no_expand, overwrite=args.overwrite)
+    how = (
+        f", {len(syn.labels)} stored images expanded x{syn.expansion_factor**2}"
+        if syn.expansion_factor > 1 and not args.no_expand
+        else ""
+    )
+    print(f"wrote {n} images{how} as {args.format} to {args.out}")
     return 0
 
 
@@ -324,12 +437,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_condense)
 
     p = sub.add_parser("evaluate", help="train fresh networks on condensed sets, test them")
-    p.add_argument("runs_dirs", nargs="+", metavar="RUN", help="run folder(s)")
+    p.add_argument(
+        "runs_dirs",
+        nargs="+",
+        metavar="SET",
+        help="run folder(s); or, with --dataset, an image folder of class sub-folders or a "
+        "DM/DC .pt file made by another tool",
+    )
     p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
     _add_eval_flags(p)
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
     p.add_argument("--device", default="auto")
+    g = p.add_argument_group("sets made elsewhere (image folders, DM/DC .pt files)")
+    g.add_argument("--dataset", default=None, help="the real data to test on (required for them)")
+    g.add_argument("--image-size", type=int, default=None, help="for image-folder datasets")
+    g.add_argument(
+        "--syn-mean",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="M",
+        help=".pt: the per-channel mean its images were normalised with "
+        "(default: the DM/DC code's for --dataset)",
+    )
+    g.add_argument("--syn-std", type=float, nargs="+", default=None, metavar="S", help="likewise")
+    g.add_argument(
+        "--syn-pixels",
+        action="store_true",
+        help=".pt: the images are [0, 1] pixels, not normalised",
+    )
+    g.add_argument(
+        "--pt-index", type=int, default=0, help=".pt: which set of 'data' (one per experiment; 0)"
+    )
+    g.add_argument(
+        "--out",
+        default=None,
+        help="folder for the set's metrics.json, grid.png and a copy of the set "
+        "(default: <name>-eval beside it)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
@@ -350,10 +496,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("show", help="write grid.png for a run and print its summary")
+    p = sub.add_parser(
+        "show", help="write grid.png (IDM: grid_expanded.png) and curves.png, print a summary"
+    )
     p.add_argument("run")
-    p.add_argument("--expanded", action="store_true", help="also grid the expanded images")
+    p.add_argument("--expanded", action="store_true", help="grid the expanded images (IDM: always)")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="write a run's set as PNG class folders or plain .pt tensors")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("imagefolder", "tensors"),
+        help="imagefolder: 00000/, 00001/, ... of PNGs + classes.txt; tensors: images.pt "
+        "(normalised), labels.pt, mean.pt, std.pt",
+    )
+    p.add_argument("--out", required=True, help="folder to write (new or empty)")
+    p.add_argument("--no-expand", action="store_true", help="IDM: the stored, not expanded, images")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the published settings usable with --preset")
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
@@ -378,7 +540,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
+
+    for name in _CONFIG_COMMANDS:
+        sub.choices[name].add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="YAML or JSON settings by flag name (a run's config.json repeats the run); "
+            "flags given here override it",
+        )
     return parser
+
+
+# Commands that take --config, and how their files are read (see ddm.configfile): where the
+# outputs go is given on the command line; continual's saved config.json keeps its settings
+# in a "continual" section, with --set's settings under "condense".
+_CONFIG_COMMANDS: dict[str, dict[str, Any]] = {
+    "condense": {"exclude": ("out", "resume", "overwrite")},
+    "evaluate": {"exclude": ("out",)},
+    "baseline": {"exclude": ("out", "overwrite")},
+    "continual": {
+        "exclude": ("out", "overwrite"),
+        "section": "continual",
+        "renamed": {"condense": "set"},
+    },
+}
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config FILE``, the file's settings sit under the given flags.
+
+    The file's checked values become the command parser's defaults and the command line is
+    parsed again: dataclass defaults < preset < config file < explicit flags.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is None:
+        return args
+    from .configfile import apply_config_file
+
+    rules = dict(_CONFIG_COMMANDS[args.command])
+    if args.command == "condense":
+        from .config import CondenseConfig
+
+        rules["fields"] = CondenseConfig  # every field is a key, with or without a flag
+    command_parser = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices[args.command]
+    apply_config_file(command_parser, args.config, command=args.command, **rules)
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetError
     from .io import RunFolderError
 
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_command_line(argv)
         return args.func(args)
     except NonFiniteLossError as exc:
         print(f"ddm: error: {exc}", file=sys.stderr)

@@ -81,6 +81,8 @@ RUN_FILES = (
     GRID_FILE,
     CHECKPOINT_FILE,
     "metrics.json",
+    "curves.png",
+    "grid_expanded.png",
 )
 TERMS = ("mmd", "mm", "cm", "icd", "ce")  # logged unweighted, summed over classes
 # Settings a resumed run may change (they do not change what an iteration computes).
@@ -432,6 +434,15 @@ class _Run:
         syn = self.synthetic()
         save_synthetic(self.out, syn)
         save_grid(self.out / GRID_FILE, syn.denormalized(), syn.labels)
+        try:  # log.csv is line-buffered, so it holds every finished iteration
+            from .curves import save_curves
+
+            title = f"{self.out.name}: {self.cfg.method} on {self.dataset.name}"
+            save_curves(self.out / LOG_FILE, self.out / "curves.png", title=title)
+        except Exception as exc:  # a picture must never stop a run: say so once, go on
+            if not getattr(self, "_curves_warned", False):
+                self._curves_warned = True
+                _notice(f"could not draw curves.png ({exc}); the run goes on without it")
 
 
 def _auto_chunk(device: torch.device) -> int:
@@ -470,7 +481,7 @@ class _Log:
             rows = [r for r in rows if r and int(r[0]) <= resume_at]
         lines = [",".join(self.FIELDS)] + [",".join(r) for r in rows]
         atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-        self.file = path.open("a", newline="")
+        self.file = path.open("a", newline="", buffering=1)  # line-buffered: curves read it
 
     def write(self, iteration: int, loss: float, terms: dict[str, float], seconds: float) -> None:
         if self.path is None:

@@ -58,11 +58,12 @@ class RunFolderError(RuntimeError):
 # --- atomic writes -------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash or a full disk never leaves a partial file.
 
     The bytes go to a temporary file in the same folder, are flushed to disk, and replace
-    ``path`` in one rename. On failure the old file (if any) is untouched.
+    ``path`` in one rename. On failure the old file (if any) is untouched. ``sync=False``
+    skips the fsync (thousands of small files, e.g. an exported image folder).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -70,7 +71,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
