@@ -111,6 +111,10 @@ def test_export_refuses_a_non_empty_folder_and_overwrite_replaces(tmp_path, caps
     assert ddm("export", str(run), "--format", "tensors", "--out", str(out), "--overwrite") == 0
     assert not (out / "00000").exists() and (out / "images.pt").exists()
     assert (out / "notes.txt").read_text() == "mine"  # only an export's own files are removed
+    assert ddm("export", str(run), "--format", "tensors", "--out", str(run), "--overwrite") == 2
+    assert "the run folder itself" in capsys.readouterr().err
+    assert ddm("export", str(tmp_path / "nope"), "--format", "tensors", "--out", str(out)) == 2
+    assert "missing file" in capsys.readouterr().err
 
 
 # --- import ------------------------------------------------------------------------------------

@@ -344,6 +344,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .interop import export_set
     from .io import load_synthetic
 
+    if Path(args.out).resolve() == Path(args.run).resolve():
+        raise ValueError("--out is the run folder itself; name another folder for the export")
     syn = load_synthetic(args.run)
     n = export_set(syn, args.out, args.format, expand=not args.no_expand, overwrite=args.overwrite)
     how = (

@@ -53,11 +53,13 @@ from .io import (
 
 __all__ = [
     "EXPORT_FORMATS",
+    "CLASSES_FILE",
     "DMDC_NORMALIZATION",
     "ExternalSetError",
     "export_set",
     "export_imagefolder",
     "export_tensors",
+    "to_uint8",
     "is_run_folder",
     "read_image_folder",
     "read_dmdc_pt",
