@@ -130,7 +130,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
         (["condense", "--dataset", "digits", "--method", "gm"], "known: dm, ddm, idm"),
         (["condense", "--dataset", "digits", "--model", "resnet99"], "convnet"),
         (["condense", "--dataset", "cifar10"], "--data-root"),
-        (["condense", "--preset", "nope"], "known: ddm-cifar10-ipc10"),
+        (["condense", "--preset", "nope"], "known: ddm-paper-cifar10-ipc10"),
         (["baseline", "--method", "kmeans"], "known: random, herding"),
         (["evaluate", "/nonexistent/run"], "missing file"),
     ],
@@ -181,7 +181,8 @@ def test_presets_listed(capsys):
         "dm-cifar100-ipc50",
         "idm-tiny-imagenet-ipc50",
         "idm-imagewoof-ipc10",
-        "ddm-cifar10-ipc10",
+        "ddm-paper-cifar10-ipc10",
+        "ddm-released-cifar10-ipc10",
     ):
         assert name in out
 
@@ -242,3 +243,31 @@ def test_herding_and_diagnose_via_cli(tmp_path, capsys):
     assert load_synthetic(out).meta["method"] == "herding"
     assert ddm("diagnose", str(out), "--nets", "1", "--batch", "32") == 0
     assert (out / "diagnose.png").exists() and (out / "diagnose.json").exists()
+
+
+def test_form_flags_reach_the_config(tmp_path):
+    out = tmp_path / "rel"
+    args = ["condense", "--dataset", "digits", "--ipc", "2", "--iterations", "1"]
+    args += ["--batch-real", "8", "--method", "ddm", "--form", "paper", "--style-tap", "conv"]
+    args += ["--w-cd", "5", "--cd-rank", "3", "--moments-relative", "true", "--out", str(out)]
+    assert ddm(*args) == 0
+    cfg = read_json(out / "config.json")
+    assert (cfg["form"], cfg["style_tap"], cfg["moments"]) == ("paper", "conv", "batch")
+    assert (cfg["w_mm"], cfg["w_icd"], cfg["w_cd"], cfg["cd_rank"]) == (1e4, 10.0, 5.0, 3)
+    assert cfg["moments_relative"] is True
+    assert read_json(out / "meta.json")["form"] == "paper"
+
+
+def test_released_preset_settings(tmp_path):
+    from ddm.config import CondenseConfig, load_preset
+
+    cfg = CondenseConfig(**load_preset("ddm-released-cifar10-ipc10")["settings"]).resolved()
+    assert (cfg.form, cfg.style_tap, cfg.moments, cfg.moments_relative) == (
+        "released",
+        "conv",
+        "persample",
+        True,
+    )
+    assert (cfg.w_mm, cfg.w_cm, cfg.w_cd, cfg.w_icd, cfg.iterations) == (180, 1e4, 30, 0, 20000)
+    paper = CondenseConfig(**load_preset("ddm-paper-cifar10-ipc10")["settings"]).resolved()
+    assert (paper.form, paper.w_mm, paper.w_icd, paper.icd_k) == ("paper", 1e4, 10.0, 2)

@@ -22,7 +22,15 @@ from ddm.condense import (
 from ddm.config import CondenseConfig, parse_overrides
 from ddm.data import load_dataset
 from ddm.io import RunFolderError, load_synthetic
-from ddm.losses import correlation_loss, diversity_loss, mmd_loss, moments_loss
+from ddm.losses import (
+    correlation_loss,
+    diversity_loss,
+    mmd_loss,
+    moments_loss,
+    persample_moments_loss,
+    spread_loss,
+    style_spread_loss,
+)
 from ddm.models import build_model
 
 TINY = CondenseConfig(dataset="digits", ipc=3, iterations=6, batch_real=24, checkpoint_every=2)
@@ -224,7 +232,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, digits):
 
 
 def test_ddm_terms_logged_and_zero_weight_removes_term(tmp_path, digits):
-    cfg = dataclasses.replace(TINY, method="ddm", iterations=2)
+    cfg = dataclasses.replace(TINY, method="ddm", form="paper", iterations=2)
     condense(cfg, tmp_path / "ddm", dataset=digits, progress=False)
     rows = _log_rows(tmp_path / "ddm")
     assert all(float(r["mm"]) > 0 and float(r["cm"]) > 0 and float(r["icd"]) < 0 for r in rows)
@@ -235,7 +243,7 @@ def test_ddm_terms_logged_and_zero_weight_removes_term(tmp_path, digits):
 
 
 def test_ddm_ipc_one_runs(digits, capsys):
-    cfg = dataclasses.replace(TINY, method="ddm", ipc=1, iterations=2)
+    cfg = dataclasses.replace(TINY, method="ddm", form="paper", ipc=1, iterations=2)
     syn = condense(cfg, dataset=digits, progress=True)
     assert syn.images.shape[0] == 10 and syn.images.isfinite().all()
     assert "no neighbours" in capsys.readouterr().err
@@ -317,12 +325,15 @@ def test_idm_queue_capacity(digits):
     assert len(run.base.nets) == 4 and run.base.ids == [2, 3, 4, 5]
 
 
-def test_ddm_on_idm_logs_all_terms(tmp_path, digits):
-    cfg = dataclasses.replace(IDM, method="ddm", base="idm", iterations=2)
+@pytest.mark.parametrize("form, diversity", [("paper", "icd"), ("released", "cd")])
+def test_ddm_on_idm_logs_all_terms(tmp_path, digits, form, diversity):
+    cfg = dataclasses.replace(IDM, method="ddm", base="idm", form=form, iterations=2)
     syn = condense(cfg, tmp_path / "r", dataset=digits, progress=False)
     assert syn.meta["expansion_factor"] == 2 and syn.meta["base"] == "idm"
+    assert syn.meta["form"] == form
     rows = _log_rows(tmp_path / "r")
-    assert all(float(r["mm"]) > 0 and float(r["cm"]) > 0 and float(r["icd"]) < 0 for r in rows)
+    assert all(float(r["mm"]) > 0 and float(r["cm"]) > 0 for r in rows)
+    assert all(float(r[diversity]) != 0 for r in rows)
 
 
 def test_idm_only_options_are_refused_on_dm(digits):
@@ -340,3 +351,122 @@ def test_parse_overrides_types_and_errors():
     for bad in ("model_batch", "=3"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_overrides([bad])
+
+
+# --- DDM's released form (METHOD.md 4b) --------------------------------------------------------
+
+# The released weights are calibrated on CIFAR-10; on 8x8 digits the conv tap's Gram term
+# diverges at lr 1.0 within a few steps, so the digits tests use a smaller image step.
+REL = dataclasses.replace(TINY, method="ddm", form="released", lr_img=0.05)
+
+
+def test_objective_equals_public_losses_released_form(digits):
+    """Released form: conv tap, per-sample relative moments, L_CD and L_SD, chunked real side."""
+    torch.manual_seed(0)
+    net = build_model("convnet", 1, 10, 8).requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    classes = 3
+    batches = [digits.class_batch(c, 20, gen) for c in range(classes)]
+    params = [
+        sample_params("color_crop_cutout_scale_rotate", 5, (8, 8), gen, siamese=True)
+        for _ in range(classes)
+    ]
+    syn = torch.randn(classes * 5, 1, 8, 8, requires_grad=True)
+    w = _Weights(
+        w_mm=180.0,
+        w_cm=5.0,
+        w_icd=0.0,
+        icd_k=0,
+        neighbour_grad=True,
+        w_cd=30.0,
+        cd_rank=4,
+        w_sd=2.0,
+        tap="conv",
+        moments="persample",
+        relative=True,
+    )
+    nograd = torch.autocast("cpu", enabled=False)
+    stats = real_statistics(net, batches, params, w, 25, torch.device("cpu"), nograd, False)
+    total, terms = objective(net, stats, syn, [5] * classes, params, w, nograd, False)
+    expected = torch.zeros(())
+    for c in range(classes):
+        re, rm = net.embed_and_maps(apply(batches[c], params[c]), tap="conv")
+        se, sm = net.embed_and_maps(apply(syn[5 * c : 5 * c + 5], params[c]), tap="conv")
+        expected = expected + (
+            mmd_loss(re, se)
+            + 180.0 * persample_moments_loss(rm, sm)
+            + 5.0 * correlation_loss(rm, sm)
+            + 30.0 * spread_loss(re, se, rank=4)
+            + 2.0 * style_spread_loss(rm, sm)
+        )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert all(terms[t] > 0 for t in ("mmd", "mm", "cm", "cd", "sd")) and terms["icd"] == 0
+    total.backward()
+    assert syn.grad is not None and syn.grad.abs().sum() > 0
+
+
+def test_form_defaults_resolve_and_explicit_settings_win():
+    paper = CondenseConfig(method="ddm", form="paper").resolved()
+    assert (paper.style_tap, paper.moments, paper.moments_relative) == ("act", "batch", False)
+    assert (paper.w_mm, paper.w_cm, paper.w_icd, paper.w_cd, paper.w_sd) == (1e4, 1e4, 10, 0, 0)
+    rel = CondenseConfig(method="ddm", form="released").resolved()
+    assert (rel.style_tap, rel.moments, rel.moments_relative) == ("conv", "persample", True)
+    assert (rel.w_mm, rel.w_cm, rel.w_icd, rel.w_cd, rel.w_sd) == (180, 1e4, 0, 30, 0)
+    from ddm.config import DEFAULT_FORM
+
+    assert CondenseConfig(method="ddm").resolved().form == DEFAULT_FORM
+    mixed = CondenseConfig(method="ddm", form="released", w_cd=0.0, style_tap="act").resolved()
+    assert (mixed.w_cd, mixed.style_tap, mixed.w_mm) == (0.0, "act", 180.0)
+    dm = CondenseConfig(method="dm").resolved()
+    assert dm.form is None and (dm.w_mm, dm.w_cm, dm.w_icd, dm.w_cd, dm.w_sd) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"method": "ddm", "form": "newest"}, "unknown form"),
+        ({"method": "dm", "form": "paper"}, "--form applies to --method ddm"),
+        ({"method": "ddm", "style_tap": "norm"}, "unknown style tap"),
+        ({"method": "ddm", "moments": "spatial"}, "unknown moments estimator"),
+        ({"method": "ddm", "w_cd": -1.0}, "--w-cd must be >= 0"),
+        ({"method": "ddm", "cd_rank": -2}, "--cd-rank"),
+    ],
+)
+def test_bad_form_settings(change, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY, **change).resolved()
+
+
+def test_released_form_logs_its_terms(tmp_path, digits):
+    cfg = dataclasses.replace(REL, iterations=2, w_sd=1.0)
+    condense(cfg, tmp_path / "rel", dataset=digits, progress=False)
+    rows = _log_rows(tmp_path / "rel")
+    assert all(float(r[t]) > 0 for r in rows for t in ("mmd", "mm", "cm", "cd", "sd"))
+    assert all(float(r["icd"]) == 0 for r in rows)
+    off = dataclasses.replace(cfg, w_cd=0.0, w_sd=0.0)
+    condense(off, tmp_path / "style", dataset=digits, progress=False)
+    rows = _log_rows(tmp_path / "style")
+    assert all(float(r["cd"]) == 0 and float(r["sd"]) == 0 for r in rows)
+
+
+def test_released_form_ipc_one_notice(digits, capsys):
+    cfg = dataclasses.replace(REL, ipc=1, iterations=2)
+    syn = condense(cfg, dataset=digits, progress=True)
+    assert syn.images.isfinite().all()
+    assert "spread terms" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("base", ["dm", "idm"])
+def test_released_form_resumes_exactly(tmp_path, digits, monkeypatch, base):
+    extra = {"model_train_steps": 1, "model_batch": 16} if base == "idm" else {}
+    cfg = dataclasses.replace(REL, base=base, ipc=2, w_sd=1.0, **extra)
+    whole = condense(cfg, tmp_path / "whole", dataset=digits, progress=False)
+    _interrupt_run(cfg, tmp_path / "cut", digits, monkeypatch, at_call=4)
+    resumed = condense(cfg, tmp_path / "cut", dataset=digits, resume=True, progress=False)
+    assert torch.equal(whole.images, resumed.images)
+
+
+def test_released_form_differs_from_paper_form(digits):
+    paper = condense(dataclasses.replace(REL, form="paper"), dataset=digits, progress=False)
+    rel = condense(REL, dataset=digits, progress=False)
+    assert not torch.allclose(paper.images, rel.images)

@@ -215,3 +215,189 @@ def test_gradients_flow_to_synthetic_only_through_syn_maps():
 def test_layer_mismatch_raises():
     with pytest.raises(ValueError, match="same layers"):
         moments_loss([torch.rand(2, 1, 2, 2)], [])
+
+
+# --- the released form (METHOD.md 4b) ----------------------------------------------------------
+
+from ddm.losses import (  # noqa: E402
+    default_spread_rank,
+    persample_moments_loss,
+    spread_loss,
+    style_spread_loss,
+)
+
+EPS = 1e-5
+
+
+def test_persample_moments_hand_value():
+    # one layer, C = 1, 1 x 2 maps. Real: [1, 3] (mu 2, pop var 1), [2, 2] (mu 2, pop var 0).
+    real = torch.tensor([[[[1.0, 3.0]]], [[[2.0, 2.0]]]])
+    # synthetic: [0, 2] (mu 1, pop var 1)
+    syn = torch.tensor([[[[0.0, 2.0]]]])
+    mu_t, s_t = 2.0, (math.sqrt(1 + EPS) + math.sqrt(EPS)) / 2
+    mu_s, s_s = 1.0, math.sqrt(1 + EPS)
+    plain = 0.5 * ((mu_s - mu_t) ** 2 + (s_s - s_t) ** 2)
+    assert persample_moments_loss([real], [syn], relative=False).item() == pytest.approx(plain)
+    rel = 0.5 * ((mu_s - mu_t) ** 2 / (mu_t**2 + 1e-8) + (s_s - s_t) ** 2 / (s_t**2 + 1e-8))
+    assert persample_moments_loss([real], [syn]).item() == pytest.approx(rel, rel=1e-6)
+    # a single tensor is one layer
+    assert persample_moments_loss(real, syn).item() == pytest.approx(rel, rel=1e-6)
+
+
+def test_persample_moments_differs_from_batch_form_and_is_batch_size_free():
+    torch.manual_seed(0)
+    real = [torch.randn(8, 3, 4, 4) * 2 + 1]
+    syn = [torch.randn(4, 3, 4, 4)]
+    # the batch form averages maps first (their spatial variance shrinks with the batch)
+    assert persample_moments_loss(real, syn, relative=False) != pytest.approx(
+        moments_loss(real, syn).item()
+    )
+    # repeating the real batch changes nothing for the per-sample estimator
+    doubled = [torch.cat([real[0], real[0]])]
+    assert persample_moments_loss(doubled, syn).item() == pytest.approx(
+        persample_moments_loss(real, syn).item(), rel=1e-6
+    )
+
+
+def test_persample_moments_relative_is_scale_free():
+    torch.manual_seed(1)
+    real, syn = [torch.randn(6, 2, 5, 5) + 0.5], [torch.randn(3, 2, 5, 5)]
+    base = persample_moments_loss(real, syn).item()
+    # scaling both sides leaves the relative loss (up to eps) unchanged, the plain one x100
+    scaled = persample_moments_loss([10 * real[0]], [10 * syn[0]]).item()
+    assert scaled == pytest.approx(base, rel=1e-3)
+    plain = persample_moments_loss(real, syn, relative=False).item()
+    plain_scaled = persample_moments_loss([10 * real[0]], [10 * syn[0]], relative=False).item()
+    assert plain_scaled == pytest.approx(100 * plain, rel=1e-3)
+
+
+def _naive_persample(real_maps, syn_maps, relative):
+    """Per image, per channel Python loops in float64."""
+    per_layer = []
+    for r, s in zip(real_maps, syn_maps, strict=True):
+        r, s = r.double(), s.double()
+
+        def moments(x):
+            mus = [[x[n, k].mean() for k in range(x.shape[1])] for n in range(x.shape[0])]
+            sds = [
+                [
+                    torch.sqrt(((x[n, k] - x[n, k].mean()) ** 2).mean() + EPS)
+                    for k in range(x.shape[1])
+                ]
+                for n in range(x.shape[0])
+            ]
+            return torch.tensor(mus).mean(0), torch.tensor(sds).mean(0)
+
+        (mu_t, s_t), (mu_s, s_s) = moments(r), moments(s)
+
+        def d(a, b):
+            out = ((a - b) ** 2).mean()
+            return out / ((b**2).mean() + 1e-8) if relative else out
+
+        per_layer.append(0.5 * (d(mu_s, mu_t) + d(s_s, s_t)))
+    return torch.stack(per_layer).mean()
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_persample_moments_match_naive_loops(relative):
+    torch.manual_seed(2)
+    real = [torch.randn(5, 3, 4, 4) * 1.5 + 0.3, torch.randn(5, 3, 2, 2)]
+    syn = [torch.randn(3, 3, 4, 4), torch.randn(3, 3, 2, 2) - 0.2]
+    got = persample_moments_loss(real, syn, relative=relative).item()
+    assert got == pytest.approx(_naive_persample(real, syn, relative).item(), rel=1e-5)
+
+
+def test_persample_moments_exact_in_float32_at_full_batch_size():
+    torch.manual_seed(3)
+    real = [torch.randn(256, 128, 32, 32).relu() + 0.1, torch.randn(256, 128, 8, 8)]
+    syn = [torch.randn(10, 128, 32, 32).relu(), torch.randn(10, 128, 8, 8) * 0.5]
+    got = persample_moments_loss(real, syn).item()
+    ref = persample_moments_loss([m.double() for m in real], [m.double() for m in syn]).item()
+    assert got == pytest.approx(ref, rel=1e-4)
+
+
+def test_spread_hand_value():
+    # real spread: x-axis var 8/3, y-axis var 2/3 (unbiased); principal directions = the axes
+    real = torch.tensor([[-2.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    syn = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # std 1 along x, 0 along y
+    a1, a2 = math.sqrt(8 / 3), math.sqrt(2 / 3)
+    # rank 0 -> min(3 - 1, 16) = 2 directions
+    expected = ((1 - a1) ** 2 + (0 - a2) ** 2) / 2 / ((a1**2 + a2**2) / 2 + 1e-8)
+    assert spread_loss(real, syn).item() == pytest.approx(expected, rel=1e-5)
+    assert spread_loss(real, syn, rank=1).item() == pytest.approx((1 - a1) ** 2 / a1**2, rel=1e-5)
+
+
+def test_spread_is_zero_where_synthetic_spreads_like_real_and_bounded_below():
+    torch.manual_seed(4)
+    real = torch.randn(40, 6) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.2, 0.1])
+    assert spread_loss(real, real, rank=5).item() == pytest.approx(0.0, abs=1e-9)
+    # shifting the synthetic class does not change its spread
+    assert spread_loss(real, real + 7.0, rank=5).item() == pytest.approx(0.0, abs=1e-8)
+    for _ in range(5):
+        assert spread_loss(real, torch.randn(8, 6)).item() >= 0
+
+
+def test_spread_zero_below_two_images_with_graph():
+    real = torch.randn(10, 4)
+    syn = torch.randn(1, 4, requires_grad=True)
+    loss = spread_loss(real, syn)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert syn.grad is not None and torch.count_nonzero(syn.grad) == 0
+
+
+def test_default_spread_rank():
+    assert [default_spread_rank(n) for n in (1, 2, 10, 17, 40)] == [0, 1, 9, 16, 16]
+
+
+def _naive_spread(real, syn, r):
+    """numpy float64: SVD of the centred real batch, per-direction unbiased stds."""
+    import numpy as np
+
+    R, S = real.double().numpy(), syn.double().numpy()
+    Rc = R - R.mean(0)
+    _, _, vt = np.linalg.svd(Rc, full_matrices=False)
+    V = vt[:r].T
+    a = (Rc @ V).std(0, ddof=1)
+    b = ((S - S.mean(0)) @ V).std(0, ddof=1)
+    return float(((b - a) ** 2).mean() / ((a**2).mean() + 1e-8))
+
+
+def test_spread_matches_numpy_svd_exact_in_float32_at_full_batch_size():
+    torch.manual_seed(5)
+    # real class embeddings at CIFAR scale: 256 x 2048, a decaying spectrum like a ConvNet's
+    scales = torch.linspace(3.0, 0.05, 2048)
+    real = torch.randn(256, 2048) * scales + 1.0
+    for m in (10, 40):
+        syn = torch.randn(m, 2048) * scales * 0.7
+        got = spread_loss(real, syn).item()
+        assert got == pytest.approx(_naive_spread(real, syn, min(m - 1, 16)), rel=1e-4)
+
+
+def test_spread_gradient_only_to_synthetic():
+    real = torch.randn(30, 5, requires_grad=True)
+    syn = torch.randn(6, 5, requires_grad=True)
+    spread_loss(real, syn).backward()
+    assert real.grad is None and syn.grad is not None and syn.grad.abs().sum() > 0
+
+
+def test_spread_pulls_a_collapsed_class_apart():
+    torch.manual_seed(6)
+    real = torch.randn(50, 8) * 2
+    syn = (torch.randn(5, 8) * 0.01).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=0.5)
+    start = spread_loss(real, syn).item()
+    for _ in range(50):
+        opt.zero_grad()
+        spread_loss(real, syn).backward()
+        opt.step()
+    assert spread_loss(real, syn).item() < 0.5 * start
+
+
+def test_style_spread_hand_value_and_zero_for_one_image():
+    # C = 1, 1 x 2 maps. Real mus 1, 3 (std sqrt 2), pop vars 0, 0 (s_nk = sqrt(eps), std 0)
+    real = torch.tensor([[[[1.0, 1.0]]], [[[3.0, 3.0]]]])
+    syn = torch.tensor([[[[0.0, 0.0]]], [[[1.0, 1.0]]]])  # mus 0, 1 (std sqrt 0.5)
+    expected = 0.5 * ((math.sqrt(0.5) - math.sqrt(2)) ** 2 / (2 + 1e-8) + 0.0)
+    assert style_spread_loss([real], [syn]).item() == pytest.approx(expected, rel=1e-5)
+    assert style_spread_loss([real], [syn[:1]]).item() == 0.0

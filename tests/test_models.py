@@ -274,3 +274,35 @@ def test_default_init_is_pytorch_default() -> None:
     conv = nn.Conv2d(3, 128, 3, padding=1)
     torch.testing.assert_close(model.features[0].weight, conv.weight)
     torch.testing.assert_close(model.features[0].bias, conv.bias)
+
+
+def test_convnet_conv_tap_is_the_convolution_output_before_the_norm() -> None:
+    torch.manual_seed(0)
+    model = ConvNet(3, 10, 32)
+    x = _batch(3, 32, n=2)
+    maps = model.feature_maps(x, tap="conv")
+    assert [m.shape for m in maps] == [(2, 128, 32, 32), (2, 128, 16, 16), (2, 128, 8, 8)]
+    f = model.features
+    assert torch.allclose(maps[0], f[0](x), atol=1e-6)
+    after_first_block = f[3](f[2](f[1](f[0](x))))
+    assert torch.allclose(maps[1], f[4](after_first_block), atol=1e-5)
+    # instance norm erases each channel's per-sample mean at the act tap's input, not here
+    conv_means = maps[0].mean(dim=(2, 3))
+    assert conv_means.abs().max() > 1e-3
+    emb, maps2 = model.embed_and_maps(x, tap="conv")
+    assert torch.allclose(emb, model.embed(x)) and torch.equal(maps2[2], maps[2])
+
+
+def test_convnet_conv_tap_survives_inplace_relu_without_norm() -> None:
+    torch.manual_seed(0)
+    model = ConvNet(3, 10, 32, norm="none")
+    x = _batch(3, 32, n=2)
+    conv0 = model.features[0](x)
+    maps = model.feature_maps(x, tap="conv")
+    assert (maps[0] < 0).any()  # not clipped by the in-place ReLU that follows
+    assert torch.allclose(maps[0], conv0, atol=1e-6)
+
+
+def test_convnet_unknown_tap() -> None:
+    with pytest.raises(ValueError, match="unknown tap"):
+        ConvNet(3, 10, 32).feature_maps(_batch(3, 32, n=1), tap="norm")

@@ -20,6 +20,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -53,11 +54,17 @@ from .io import (
 from .losses import (
     correlation_from_stats,
     default_icd_k,
+    default_spread_rank,
     diversity_loss,
     mean_gram,
     mean_map,
     mmd_from_stats,
     moments_from_stats,
+    persample_moments,
+    persample_moments_from_stats,
+    spread_directions,
+    spread_from_stats,
+    style_spread_from_stats,
 )
 from .models import uses_batchnorm
 from .runtime import Stream, generator, resolve_device, tune_allocator
@@ -84,7 +91,7 @@ RUN_FILES = (
     "curves.png",
     "grid_expanded.png",
 )
-TERMS = ("mmd", "mm", "cm", "icd", "ce")  # logged unweighted, summed over classes
+TERMS = ("mmd", "mm", "cm", "icd", "cd", "sd", "ce")  # logged unweighted, summed over classes
 # Settings a resumed run may change (they do not change what an iteration computes).
 RESUMABLE_CHANGES = {
     "iterations",
@@ -161,28 +168,70 @@ def initial_images(
 
 @dataclass(frozen=True)
 class _Weights:
+    """The objective's terms: weights and how each is computed (METHOD.md 4 and 4b)."""
+
     w_mm: float
     w_cm: float
     w_icd: float
     icd_k: int
     neighbour_grad: bool
+    w_cd: float = 0.0
+    cd_rank: int = 0  # resolved: > 0 whenever L_CD can act
+    w_sd: float = 0.0
+    tap: str = "act"  # where style maps are read: act | conv
+    moments: str = "batch"  # batch | persample
+    relative: bool = False  # relative distances in the moment terms
 
     @property
     def needs_maps(self) -> bool:
-        return self.w_mm > 0 or self.w_cm > 0
+        return self.w_mm > 0 or self.w_cm > 0 or self.w_sd > 0
+
+    @property
+    def persample(self) -> bool:
+        """Whether per-sample moments of the real batch are needed."""
+        return (self.w_mm > 0 and self.moments == "persample") or self.w_sd > 0
 
 
 @dataclass
 class _RealStats:
+    """One class's real-batch statistics: everything the terms need, nothing more."""
+
     emb: torch.Tensor  # D
-    map_means: list[torch.Tensor]  # per layer C x H x W (only when moments are matched)
-    grams: list[torch.Tensor]  # per layer C x C (only when correlations are matched)
+    map_means: list[torch.Tensor]  # per layer C x H x W (batch-estimator moments)
+    grams: list[torch.Tensor]  # per layer C x C (correlations)
+    mu: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per layer C
+    s: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per layer C
+    mu_std: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per layer C (L_SD)
+    s_std: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per layer C (L_SD)
+    cd_dirs: torch.Tensor | None = None  # D x r principal directions (L_CD)
+    cd_std: torch.Tensor | None = None  # r: real std along them
 
 
-def _features(net: nn.Module, x: torch.Tensor, needs_maps: bool):
-    if needs_maps:
-        return net.embed_and_maps(x)
+def _features(net: nn.Module, x: torch.Tensor, weights: _Weights):
+    if weights.needs_maps:
+        return net.embed_and_maps(x, tap=weights.tap)
     return net.embed(x), []
+
+
+def _class_stats(emb: torch.Tensor, maps: list[torch.Tensor], weights: _Weights) -> _RealStats:
+    stat = _RealStats(
+        emb=emb.mean(0),
+        map_means=[mean_map(m) for m in maps]
+        if weights.w_mm > 0 and weights.moments == "batch"
+        else [],
+        grams=[mean_gram(m) for m in maps] if weights.w_cm > 0 else [],
+    )
+    if weights.persample:
+        for m in maps:
+            mu, s = persample_moments(m)
+            stat.mu.append(mu.mean(0))
+            stat.s.append(s.mean(0))
+            if weights.w_sd > 0:
+                stat.mu_std.append(mu.std(0))
+                stat.s_std.append(s.std(0))
+    if weights.w_cd > 0 and weights.cd_rank > 0:
+        stat.cd_dirs, stat.cd_std = spread_directions(emb, weights.cd_rank)
+    return stat
 
 
 def real_statistics(
@@ -195,7 +244,7 @@ def real_statistics(
     autocast: Any,
     channels_last: bool,
 ) -> list[_RealStats]:
-    """Per-class batch means of the augmented real batches, without autograd, in chunks.
+    """Per-class statistics of the augmented real batches, without autograd, in chunks.
 
     ``chunk_images`` bounds the images per forward (whole classes are kept together);
     0 puts every class in one forward (required for batch norm).
@@ -216,19 +265,12 @@ def real_statistics(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                emb, maps = _features(net, x, weights.needs_maps)
+                emb, maps = _features(net, x, weights)
             sizes = [len(batches[k]) for k in group]
             embs = emb.float().split(sizes)
             per_layer = [m.float().split(sizes) for m in maps]
             for i in range(len(group)):
-                layer_maps = [layer[i] for layer in per_layer]
-                stats.append(
-                    _RealStats(
-                        emb=embs[i].mean(0),
-                        map_means=[mean_map(m) for m in layer_maps] if weights.w_mm > 0 else [],
-                        grams=[mean_gram(m) for m in layer_maps] if weights.w_cm > 0 else [],
-                    )
-                )
+                stats.append(_class_stats(embs[i], [layer[i] for layer in per_layer], weights))
             c += len(group)
     return stats
 
@@ -245,7 +287,8 @@ def objective(
     ce_weight: float = 0.0,
     classes: list[int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over classes of L_MMD + w_mm L_MM + w_cm L_CM + w_icd L_ICD (+ IDM's CE term).
+    """Sum over classes of L_MMD + w_mm L_MM + w_cm L_CM + w_icd L_ICD + w_cd L_CD + w_sd L_SD
+    (+ IDM's CE term).
 
     ``ce_weight`` (IDM: ce_weight x the model's running accuracy) scales the cross-entropy of
     the network's logits on the same augmented images against ``classes`` (their labels).
@@ -256,30 +299,36 @@ def objective(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast:
-        emb, maps = _features(net, x, weights.needs_maps)
+        emb, maps = _features(net, x, weights)
     embs = emb.float().split(syn_sizes)
     layer_maps = [m.float().split(syn_sizes) for m in maps]
     total = emb.new_zeros((), dtype=torch.float32)
     terms = dict.fromkeys(TERMS, 0.0)
+    w = weights
     for c, stat in enumerate(real):
         syn_maps = [layer[c] for layer in layer_maps]
         parts = {"mmd": (1.0, mmd_from_stats(stat.emb, embs[c]))}
-        if weights.w_mm > 0:
-            parts["mm"] = (weights.w_mm, moments_from_stats(stat.map_means, syn_maps))
-        if weights.w_cm > 0:
-            parts["cm"] = (weights.w_cm, correlation_from_stats(stat.grams, syn_maps))
-        if weights.w_icd > 0 and weights.icd_k > 0:
-            parts["icd"] = (
-                weights.w_icd,
-                diversity_loss(embs[c], weights.icd_k, weights.neighbour_grad),
-            )
+        if w.w_mm > 0 and w.moments == "persample":
+            mm = persample_moments_from_stats(stat.mu, stat.s, syn_maps, w.relative)
+            parts["mm"] = (w.w_mm, mm)
+        elif w.w_mm > 0:
+            parts["mm"] = (w.w_mm, moments_from_stats(stat.map_means, syn_maps, w.relative))
+        if w.w_cm > 0:
+            parts["cm"] = (w.w_cm, correlation_from_stats(stat.grams, syn_maps))
+        if w.w_icd > 0 and w.icd_k > 0:
+            parts["icd"] = (w.w_icd, diversity_loss(embs[c], w.icd_k, w.neighbour_grad))
+        if w.w_cd > 0 and stat.cd_dirs is not None:
+            parts["cd"] = (w.w_cd, spread_from_stats(stat.cd_dirs, stat.cd_std, embs[c]))
+        if w.w_sd > 0:
+            sd = style_spread_from_stats(stat.mu_std, stat.s_std, syn_maps, w.relative)
+            parts["sd"] = (w.w_sd, sd)
         if ce_weight > 0:
             label = classes[c] if classes is not None else c
             logits = net.classifier(embs[c])
             target = torch.full((len(logits),), label, dtype=torch.long, device=logits.device)
             parts["ce"] = (ce_weight, F.cross_entropy(logits, target))
-        for name, (w, value) in parts.items():
-            total = total + w * value
+        for name, (weight, value) in parts.items():
+            total = total + weight * value
             terms[name] += float(value.detach())
     return total, terms
 
@@ -296,8 +345,19 @@ class _Run:
         self.base = make_base(cfg, dataset, self.device)
         self.per_class = cfg.ipc * self.base.factor**2  # images matched per class
         k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(self.per_class)
+        rank = cfg.cd_rank or default_spread_rank(self.per_class)
         self.weights = _Weights(
-            cfg.w_mm, cfg.w_cm, cfg.w_icd, min(k, self.per_class - 1), cfg.icd_neighbour_grad
+            cfg.w_mm,
+            cfg.w_cm,
+            cfg.w_icd,
+            min(k, self.per_class - 1),
+            cfg.icd_neighbour_grad,
+            w_cd=cfg.w_cd,
+            cd_rank=rank if self.per_class > 1 else 0,
+            w_sd=cfg.w_sd,
+            tap=cfg.style_tap,
+            moments=cfg.moments,
+            relative=cfg.moments_relative,
         )
         self.strategy = dataset.dsa_strategy if cfg.dsa else "none"
         gen = generator(cfg.seed, Stream.INIT)
@@ -408,6 +468,7 @@ class _Run:
             "ipc": self.cfg.ipc,
             "method": self.cfg.method,
             "base": self.cfg.base,
+            "form": self.cfg.form,
             "image_size": d.image_size,
             "channels": d.channels,
             "mean": list(d.mean),
@@ -552,6 +613,8 @@ def condense(
             run.save()  # iteration 0: the initial images are the first good checkpoint
     if cfg.w_icd > 0 and run.weights.icd_k <= 0:
         _notice("ipc = 1: the intra-class diversity term has no neighbours and contributes 0")
+    if (cfg.w_cd > 0 or cfg.w_sd > 0) and run.per_class < 2:
+        _notice("ipc = 1: the spread terms (L_CD, L_SD) have no spread to match and contribute 0")
 
     log = _Log(out_path / LOG_FILE if out_path else None, run.iteration)
     bar = _progress(cfg.iterations, run.iteration, progress)

@@ -16,6 +16,8 @@ __all__ = [
     "EvalConfig",
     "METHODS",
     "BASES",
+    "FORMS",
+    "DEFAULT_FORM",
     "config_from_dict",
     "available_presets",
     "load_preset",
@@ -24,12 +26,44 @@ __all__ = [
 METHODS = ("dm", "ddm", "idm")
 BASES = ("dm", "idm")
 INITS = ("real", "noise")
+TAPS = ("act", "conv")
+MOMENT_ESTIMATORS = ("batch", "persample")
 
-# Per-method defaults for settings left as None (METHOD.md sections 3-5).
+# DDM's two published forms (METHOD.md 4 and 4b): each a set of defaults for the settings a
+# user leaves as None. A form is settings, not a branch of the loop.
+FORMS: dict[str, dict[str, Any]] = {
+    # the paper / first reference code: moments of batch-averaged post-ReLU maps, KL diversity
+    "paper": {
+        "style_tap": "act",
+        "moments": "batch",
+        "moments_relative": False,
+        "w_mm": 1e4,
+        "w_cm": 1e4,
+        "w_icd": 10.0,
+        "w_cd": 0.0,
+        "w_sd": 0.0,
+    },
+    # the authors' current repository: conv tap, per-sample relative moments, bounded spread
+    "released": {
+        "style_tap": "conv",
+        "moments": "persample",
+        "moments_relative": True,
+        "w_mm": 180.0,
+        "w_cm": 1e4,
+        "w_icd": 0.0,
+        "w_cd": 30.0,
+        "w_sd": 0.0,
+    },
+}
+# What `--method ddm` gives without --form (chosen by measurement; README, "DDM's two forms").
+DEFAULT_FORM = "released"
+
+# Per-method defaults for settings left as None (METHOD.md sections 3-5). DM and IDM carry no
+# DDM term; their tap/estimator settings are inert and filled with the paper form's.
+_NO_TERMS = {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0, "w_cd": 0.0, "w_sd": 0.0}
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dm": {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0},
-    "idm": {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0},
-    "ddm": {"w_mm": 1e4, "w_cm": 1e4, "w_icd": 10.0},
+    "dm": {**FORMS["paper"], **_NO_TERMS},
+    "idm": {**FORMS["paper"], **_NO_TERMS},
 }
 _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {"lr_img": 1.0, "factor": 1, "ce_weight": 0.0},
@@ -56,12 +90,19 @@ class CondenseConfig:
     depth: int | None = None  # ConvNet depth; None: by resolution (3 for 32, 4 for 64, 5 for 128)
     dsa: bool = True
     seed: int = 0
-    # DDM terms (None: the method's default; 0 removes the term and its cost)
+    # DDM terms (None: the form's default; 0 removes the term and its cost)
+    form: str | None = None  # paper | released (ddm only; None: DEFAULT_FORM)
+    style_tap: str | None = None  # act (after ReLU; paper) | conv (before the norm; released)
+    moments: str | None = None  # batch (paper: moments of the mean map) | persample (released)
+    moments_relative: bool | None = None  # divide by the target's mean square (released)
     w_mm: float | None = None
     w_cm: float | None = None
-    w_icd: float | None = None
+    w_icd: float | None = None  # paper's KL diversity
     icd_k: int | None = None  # None: max(1, round(0.2 ipc)), capped at ipc - 1
     icd_neighbour_grad: bool = True  # gradient through the neighbour mean (the reference's)
+    w_cd: float | None = None  # released bounded diversity L_CD
+    cd_rank: int = 0  # L_CD's principal directions; 0: min(images per class - 1, 16)
+    w_sd: float | None = None  # optional style-spread L_SD (released; off by default)
     # IDM base (METHOD.md 5; None: the base's default)
     factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
     ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
@@ -98,14 +139,31 @@ class CondenseConfig:
                 )
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0 (0 = only at the end)")
-        filled: dict[str, Any] = {"base": base}
-        for key, value in {**_METHOD_DEFAULTS[self.method], **_BASE_DEFAULTS[base]}.items():
+        if self.method == "ddm":
+            form = self.form or DEFAULT_FORM
+            if form not in FORMS:
+                raise ValueError(f"unknown form {form!r}; known: {', '.join(FORMS)}")
+            method_defaults = FORMS[form]
+        else:
+            if self.form is not None:
+                raise ValueError(f"--form applies to --method ddm, not {self.method}")
+            form, method_defaults = None, _METHOD_DEFAULTS[self.method]
+        filled: dict[str, Any] = {"base": base, "form": form}
+        for key, value in {**method_defaults, **_BASE_DEFAULTS[base]}.items():
             if getattr(self, key) is None:
                 filled[key] = value
         out = dataclasses.replace(self, **filled)
-        for name in ("w_mm", "w_cm", "w_icd"):
+        for name in ("w_mm", "w_cm", "w_icd", "w_cd", "w_sd"):
             if getattr(out, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if out.style_tap not in TAPS:
+            raise ValueError(f"unknown style tap {out.style_tap!r}; known: {', '.join(TAPS)}")
+        if out.moments not in MOMENT_ESTIMATORS:
+            raise ValueError(
+                f"unknown moments estimator {out.moments!r}; known: {', '.join(MOMENT_ESTIMATORS)}"
+            )
+        if out.cd_rank < 0:
+            raise ValueError("--cd-rank must be >= 0 (0: min(images per class - 1, 16))")
         if out.lr_img <= 0:
             raise ValueError("--lr-img must be positive")
         if out.factor < 1 or (out.factor > 1 and base != "idm"):

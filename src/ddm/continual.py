@@ -91,7 +91,7 @@ _NOT_IN_KEY = {"device", "checkpoint_every", "real_chunk", "data_root", "compile
 # condensation settings that have their own continual flag
 _SET_BY_CONTINUAL = frozenset(
     {"dataset", "data_root", "image_size", "ipc", "method", "base", "iterations", "batch_real"}
-    | {"w_mm", "w_cm", "w_icd", "seed", "device"}
+    | {"form", "w_mm", "w_cm", "w_icd", "seed", "device"}
 )
 
 
@@ -111,6 +111,7 @@ class ContinualConfig:
     iterations: int = 20000  # condensation iterations per step
     batch_real: int = 256
     base: str | None = None
+    form: str | None = None  # DDM's form: paper | released (None: the default form)
     w_mm: float | None = None
     w_cm: float | None = None
     w_icd: float | None = None
@@ -160,6 +161,7 @@ class ContinualConfig:
             base=self.base,
             iterations=self.iterations,
             batch_real=self.batch_real,
+            form=self.form,
             w_mm=self.w_mm,
             w_cm=self.w_cm,
             w_icd=self.w_icd,
@@ -675,9 +677,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--iterations", type=int, default=d.iterations, help="per step (%(default)s)")
     p.add_argument("--batch-real", type=int, default=d.batch_real, help="(%(default)s)")
     p.add_argument("--base", default=None, help="base of ddm: dm | idm (default dm)")
-    p.add_argument("--w-mm", type=float, default=None, help="DDM moments weight (1e4)")
-    p.add_argument("--w-cm", type=float, default=None, help="DDM correlation weight (1e4)")
-    p.add_argument("--w-icd", type=float, default=None, help="DDM diversity weight (10)")
+    p.add_argument("--form", default=None, help="DDM's form: paper | released (default form)")
+    p.add_argument("--w-mm", type=float, default=None, help="DDM moments weight (form's)")
+    p.add_argument("--w-cm", type=float, default=None, help="DDM correlation weight (form's)")
+    p.add_argument("--w-icd", type=float, default=None, help="DDM KL diversity weight (form's)")
     p.add_argument("--herding-epochs", type=int, default=d.herding_epochs, help="(%(default)s)")
     p.add_argument(
         "--set",

@@ -7,6 +7,13 @@ Each public loss takes raw network outputs:
 - ``correlation_loss``: DDM's Gram-matrix matching of feature maps.
 - ``diversity_loss``: DDM's intra-class diversity term (negative kNN KL).
 
+The released form of DDM (METHOD.md 4b) adds:
+
+- ``persample_moments_loss``: per-sample channel moments, averaged, compared relatively.
+- ``spread_loss``: the bounded diversity term L_CD, the synthetic class's spread along the
+  real class's top principal directions against the real spread.
+- ``style_spread_loss``: the optional L_SD, across-sample spread of the per-sample moments.
+
 Every term that compares a real batch with a synthetic one depends on the real side only
 through batch means (the mean embedding, the mean map, the mean Gram matrix). The
 condensation loop uses that: it accumulates these *statistics* over chunks of the real batch
@@ -32,9 +39,21 @@ __all__ = [
     "mmd_from_stats",
     "moments_from_stats",
     "correlation_from_stats",
+    "persample_moments_loss",
+    "spread_loss",
+    "style_spread_loss",
+    "default_spread_rank",
+    "relative_sq",
+    "persample_moments",
+    "persample_moments_from_stats",
+    "spread_directions",
+    "spread_from_stats",
+    "style_spread_from_stats",
 ]
 
 SIGMA_EPS = 1e-5  # added to the spatial variance before the square root (METHOD.md 4)
+RELATIVE_EPS = 1e-8  # added to the target's mean square in relative distances (METHOD.md 4b)
+MAX_SPREAD_RANK = 16  # L_CD's default number of principal directions (METHOD.md 4b)
 
 
 # --- statistics (batch means) ------------------------------------------------------------
@@ -73,15 +92,20 @@ def _channel_moments(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def moments_from_stats(
-    real_means: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor]
+    real_means: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor], relative: bool = False
 ) -> torch.Tensor:
-    """L_MM from the real batch's mean maps (C x H x W per layer) and synthetic maps."""
+    """L_MM from the real batch's mean maps (C x H x W per layer) and synthetic maps.
+
+    ``relative`` divides each squared difference by the target's mean square (as 4b does).
+    """
     _check_layers(real_means, syn_maps)
     per_layer = []
     for real_mean, syn in zip(real_means, syn_maps, strict=True):
         mu_t, sigma_t = _channel_moments(real_mean)
         mu_s, sigma_s = _channel_moments(mean_map(syn))
-        per_layer.append(0.5 * ((mu_s - mu_t).pow(2).mean() + (sigma_s - sigma_t).pow(2).mean()))
+        per_layer.append(
+            0.5 * (relative_sq(mu_s, mu_t, relative) + relative_sq(sigma_s, sigma_t, relative))
+        )
     return torch.stack(per_layer).mean()
 
 
@@ -95,6 +119,11 @@ def correlation_from_stats(
         for real_gram, syn in zip(real_grams, syn_maps, strict=True)
     ]
     return torch.stack(per_layer).mean()
+
+
+def _as_layers(maps: Sequence[torch.Tensor] | torch.Tensor) -> Sequence[torch.Tensor]:
+    """A single N x C x H x W tensor is one layer."""
+    return [maps] if isinstance(maps, torch.Tensor) else maps
 
 
 def _check_layers(real: Sequence[torch.Tensor], syn: Sequence[torch.Tensor]) -> None:
@@ -153,3 +182,141 @@ def diversity_loss(syn_emb: torch.Tensor, k: int, neighbour_grad: bool = True) -
     log_q = F.log_softmax(neighbour_mean, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # M
     return -kl.mean()
+
+
+# --- the released form (METHOD.md 4b) ----------------------------------------------------------
+
+
+def relative_sq(a: torch.Tensor, b: torch.Tensor, relative: bool = True) -> torch.Tensor:
+    """d(a, b) = mean_k (a_k - b_k)^2 / (mean_k b_k^2 + 1e-8); ``b`` is the (real) target.
+
+    Without ``relative`` the plain mean squared difference.
+    """
+    diff = (a - b).pow(2).mean()
+    if not relative:
+        return diff
+    return diff / (b.detach().pow(2).mean() + RELATIVE_EPS)
+
+
+def persample_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: spatial mean and sqrt(population variance + 1e-5). N x C each."""
+    var, mu = torch.var_mean(maps.flatten(2), dim=2, correction=0)
+    return mu, torch.sqrt(var + SIGMA_EPS)
+
+
+def persample_moments_from_stats(
+    real_mu: Sequence[torch.Tensor],
+    real_s: Sequence[torch.Tensor],
+    syn_maps: Sequence[torch.Tensor],
+    relative: bool = True,
+) -> torch.Tensor:
+    """L_MM (released) from the real batch's mean per-sample moments (C per layer)."""
+    _check_layers(real_mu, syn_maps)
+    per_layer = []
+    for mu_t, s_t, syn in zip(real_mu, real_s, syn_maps, strict=True):
+        mu, s = persample_moments(syn)
+        per_layer.append(
+            0.5 * (relative_sq(mu.mean(0), mu_t, relative) + relative_sq(s.mean(0), s_t, relative))
+        )
+    return torch.stack(per_layer).mean()
+
+
+def persample_moments_loss(
+    real_maps: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor], relative: bool = True
+) -> torch.Tensor:
+    """Released DDM's moments term, mean over layers (maps N x C x H x W and M x C x H x W).
+
+    mu_nk, s_nk per sample and channel; targets are their means over the real batch; per layer
+    0.5 * (d(mean mu_S, mean mu_T) + d(mean s_S, mean s_T)) with ``relative_sq`` as d.
+    Independent of the batch size, and scale-free when ``relative``.
+    """
+    real_maps, syn_maps = _as_layers(real_maps), _as_layers(syn_maps)
+    stats = [persample_moments(m) for m in real_maps]
+    return persample_moments_from_stats(
+        [mu.mean(0) for mu, _ in stats], [s.mean(0) for _, s in stats], syn_maps, relative
+    )
+
+
+def style_spread_from_stats(
+    real_mu_std: Sequence[torch.Tensor],
+    real_s_std: Sequence[torch.Tensor],
+    syn_maps: Sequence[torch.Tensor],
+    relative: bool = True,
+) -> torch.Tensor:
+    """L_SD from the real batch's across-sample (unbiased) std of mu_nk and s_nk per layer."""
+    _check_layers(real_mu_std, syn_maps)
+    if syn_maps[0].shape[0] < 2:
+        return syn_maps[0].sum() * 0.0
+    per_layer = []
+    for mu_t, s_t, syn in zip(real_mu_std, real_s_std, syn_maps, strict=True):
+        mu, s = persample_moments(syn)
+        per_layer.append(
+            0.5 * (relative_sq(mu.std(0), mu_t, relative) + relative_sq(s.std(0), s_t, relative))
+        )
+    return torch.stack(per_layer).mean()
+
+
+def style_spread_loss(
+    real_maps: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor], relative: bool = True
+) -> torch.Tensor:
+    """The optional L_SD: per channel, match the across-sample std of mu_nk and of s_nk.
+
+    Zero when the synthetic side has fewer than two images (no spread to match).
+    """
+    real_maps, syn_maps = _as_layers(real_maps), _as_layers(syn_maps)
+    stats = [persample_moments(m) for m in real_maps]
+    return style_spread_from_stats(
+        [mu.std(0) for mu, _ in stats], [s.std(0) for _, s in stats], syn_maps, relative
+    )
+
+
+def default_spread_rank(n_syn: int) -> int:
+    """r = min(n_S - 1, 16): L_CD's number of principal directions (0 when n_S < 2)."""
+    return max(0, min(n_syn - 1, MAX_SPREAD_RANK))
+
+
+def spread_directions(real_emb: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``rank`` principal directions of the centred real embeddings and the real std along
+    each: N x D -> (D x r, r), r = min(rank, N - 1, D).
+
+    Exact eigendecomposition of the N x N Gram matrix of the centred batch (the same
+    directions as an SVD, at the cost of an N x N problem; solved in float64), so the
+    directions, and a resumed run, are deterministic. The sign of a direction does not matter
+    to a standard deviation.
+    """
+    n, d = real_emb.shape
+    r = max(0, min(rank, n - 1, d))
+    centred = real_emb - real_emb.mean(0)
+    if r == 0:
+        return real_emb.new_zeros(d, 0), real_emb.new_zeros(0)
+    gram = (centred @ centred.T).double()  # N x N
+    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
+    top_vals, top_vecs = eigvals.flip(0)[:r], eigvecs.flip(1)[:, :r]
+    keep = top_vals > 1e-12 * top_vals[0].clamp_min(1e-300)  # directions the batch spans
+    top_vals, top_vecs = top_vals[keep], top_vecs[:, keep]
+    dirs = (centred.T.double() @ top_vecs) / top_vals.sqrt()  # D x r, orthonormal columns
+    dirs = dirs.to(real_emb.dtype)
+    a = (centred @ dirs).std(0, correction=1)
+    return dirs, a
+
+
+def spread_from_stats(dirs: torch.Tensor, real_std: torch.Tensor, syn_emb: torch.Tensor):
+    """L_CD = mean_k (b_k - a_k)^2 / (mean_k a_k^2 + 1e-8), b_k = std of S along v_k."""
+    if syn_emb.shape[0] < 2 or dirs.shape[1] == 0:
+        return syn_emb.sum() * 0.0
+    b = ((syn_emb - syn_emb.mean(0)) @ dirs).std(0, correction=1)
+    return relative_sq(b, real_std)
+
+
+def spread_loss(real_emb: torch.Tensor, syn_emb: torch.Tensor, rank: int = 0) -> torch.Tensor:
+    """Released DDM's bounded diversity term L_CD (N x D real, M x D synthetic -> scalar).
+
+    a_k, b_k: unbiased std of the centred real / synthetic embeddings along the real class's
+    k-th principal direction, k < r; r = ``rank`` or, for 0, min(M - 1, 16), also capped at
+    N - 1 and D. Zero when M < 2; minimal (0) where the synthetic class spreads like the real.
+    """
+    r = rank if rank > 0 else default_spread_rank(syn_emb.shape[0])
+    if syn_emb.shape[0] < 2 or r == 0:
+        return syn_emb.sum() * 0.0
+    dirs, a = spread_directions(real_emb.detach(), r)
+    return spread_from_stats(dirs, a, syn_emb)

@@ -2,8 +2,9 @@
 
 `ConvNet` is the embedding network of DM/IDM/DDM (METHOD.md section 1). Besides `forward` it
 exposes `embed` (flattened output of the last block), `feature_maps` (each block's activation
-after the non-linearity and before pooling, used by DDM's style terms) and `embed_and_maps`
-(both from one pass). The cross-architecture models (AlexNet, VGG11, ResNet18, LeNet, MLP)
+after the non-linearity and before pooling -- or, with ``tap="conv"``, each block's convolution
+output before the norm -- used by DDM's style terms) and `embed_and_maps` (both from one pass).
+The cross-architecture models (AlexNet, VGG11, ResNet18, LeNet, MLP)
 follow the field's 32x32 variants and size their classifier to `image_size` arithmetically,
 so 1x28x28 and 3x64x64 inputs work too. Every model has `embed`, `embed_dim` and a final
 `nn.Linear` named `classifier`. Parameters keep PyTorch's default initialisation.
@@ -172,10 +173,12 @@ class ConvNet(nn.Module):
         first_padding = 3 if channels == 1 and image_size == 28 else 1
         size = image_size + 2 * first_padding - 2  # after the first 3x3 conv
         layers: list[nn.Module] = []
-        taps: list[int] = []  # indices in `features` whose outputs are the style maps
+        taps: list[int] = []  # indices in `features` after which the activation is read
+        conv_taps: list[int] = []  # indices of the convolutions (the released DDM's tap)
         in_channels = channels
         for d in range(depth):
             padding = first_padding if d == 0 else 1
+            conv_taps.append(len(layers))
             layers.append(nn.Conv2d(in_channels, width, kernel_size=3, padding=padding))
             layers += _norm_layers(norm, width)
             layers.append(act_factory())
@@ -191,29 +194,41 @@ class ConvNet(nn.Module):
             in_channels = width
 
         self.features = nn.Sequential(*layers)
-        self._taps = frozenset(taps)
+        self._taps = {"act": frozenset(taps), "conv": frozenset(conv_taps)}
+        # A conv output read as a map must survive an in-place activation right after it
+        # (norm "none"): those taps are copied.
+        self._copy_taps = frozenset(
+            i for i in conv_taps if i + 1 < len(layers) and getattr(layers[i + 1], "inplace", False)
+        )
         self.embed_dim: int = width * size * size  # 128 * 4 * 4 = 2048 for 3x32x32, depth 3
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
-    def _run(self, x: Tensor, keep_maps: bool) -> tuple[Tensor, list[Tensor]]:
+    def _run(self, x: Tensor, tap: str | None) -> tuple[Tensor, list[Tensor]]:
         maps: list[Tensor] = []
+        taps = self._taps[tap] if tap is not None else frozenset()
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if keep_maps and i in self._taps:
-                maps.append(x)  # after the activation, before pooling
+            if i in taps:
+                maps.append(x.clone() if i in self._copy_taps else x)
         return x.flatten(1), maps
+
+    def _tap(self, tap: str) -> str:
+        if tap not in self._taps:
+            raise ValueError(f"unknown tap {tap!r}; known: {', '.join(sorted(self._taps))}")
+        return tap
 
     def embed(self, x: Tensor) -> Tensor:
         """N x embed_dim: the flattened output of the last block."""
-        return self._run(x, keep_maps=False)[0]
+        return self._run(x, tap=None)[0]
 
-    def feature_maps(self, x: Tensor) -> list[Tensor]:
-        """Each block's activation (after Act, before Pool): CIFAR 128x32x32, x16x16, x8x8."""
-        return self._run(x, keep_maps=True)[1]
+    def feature_maps(self, x: Tensor, tap: str = "act") -> list[Tensor]:
+        """Each block's map: ``act`` after Act, before Pool (CIFAR 128x32x32, x16x16, x8x8);
+        ``conv`` the convolution's output, before the norm (same shapes)."""
+        return self._run(x, tap=self._tap(tap))[1]
 
-    def embed_and_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """`embed(x)` and `feature_maps(x)` from one forward pass."""
-        return self._run(x, keep_maps=True)
+    def embed_and_maps(self, x: Tensor, tap: str = "act") -> tuple[Tensor, list[Tensor]]:
+        """`embed(x)` and `feature_maps(x, tap)` from one forward pass."""
+        return self._run(x, tap=self._tap(tap))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.embed(x))

@@ -1,0 +1,324 @@
+"""DDM vs DM evidence (issue 9): several condensation seeds, snapshots, several architectures.
+
+Three phases over one output folder, each resumable (finished work is reused):
+
+    # condense every row for every seed, keeping snapshots of the set at some iterations
+    python benchmarks/evidence.py condense --out runs/ev/a --rows dm ddm-paper style ddm \
+        --seeds 0 1 --iterations 500 --snapshots 100 300 --batch-real 128
+    # evaluate the final sets (or every snapshot) with one or more architectures
+    python benchmarks/evidence.py evaluate --out runs/ev/a --models convnet --epochs 300 --runs 3
+    # tables (markdown + json) and the gain-vs-iterations figure
+    python benchmarks/evidence.py report --out runs/ev/a --results benchmarks/results/table_a
+
+Layout: ``OUT/<row>/s<seed>/`` is a normal run folder (resumable with ``ddm condense
+--resume``); ``OUT/<row>/s<seed>/it<N>/`` holds the set as it was after N iterations (the
+snapshots are exact: a run stopped at N and resumed ends where an uninterrupted run ends).
+The random row is the initial draw of the same seed, i.e. every condensation row of a seed
+starts from these very images.
+
+A row is a name from ROWS or ``name=method:key=value,...`` (CondenseConfig fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ddm.baselines import random_subset
+from ddm.condense import condense
+from ddm.config import CondenseConfig, EvalConfig, parse_overrides
+from ddm.data import load_dataset
+from ddm.evaluate import evaluate_set, record_metrics
+from ddm.io import (
+    META_FILE,
+    SYNTHETIC_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_synthetic,
+    read_json,
+    save_synthetic,
+)
+
+# name -> (method, overrides)
+ROWS: dict[str, tuple[str, dict]] = {
+    "random": ("random", {}),
+    "dm": ("dm", {}),
+    "ddm-paper": ("ddm", {"form": "paper"}),
+    "style": ("ddm", {"form": "released", "w_cd": 0.0}),
+    "ddm": ("ddm", {"form": "released"}),
+    "idm": ("idm", {"model_batch": 64, "model_train_steps": 5}),
+    "ddm-idm": (
+        "ddm",
+        {"form": "released", "base": "idm", "model_batch": 64, "model_train_steps": 5},
+    ),
+}
+
+
+def parse_row(spec: str) -> tuple[str, str, dict]:
+    if spec in ROWS:
+        return (spec, *ROWS[spec])
+    if "=" not in spec:
+        raise SystemExit(f"unknown row {spec!r}; known: {', '.join(ROWS)} or name=method:k=v,...")
+    name, rest = spec.split("=", 1)
+    method, _, kv = rest.partition(":")
+    return name, method, parse_overrides(filter(None, kv.split(",")))
+
+
+def _snapshot(folder: Path, iteration: int) -> None:
+    snap = folder / f"it{iteration}"
+    snap.mkdir(exist_ok=True)
+    for name in (SYNTHETIC_FILE, META_FILE):
+        shutil.copyfile(folder / name, snap / name)
+
+
+def _done_iterations(folder: Path) -> int:
+    meta = folder / META_FILE
+    return read_json(meta).get("iterations", 0) if meta.exists() else 0
+
+
+def cmd_condense(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.dataset, args.data_root)
+    stages = sorted({*args.snapshots, args.iterations})
+    for spec in args.rows:
+        name, method, overrides = parse_row(spec)
+        for seed in args.seeds:
+            folder = Path(args.out) / name / f"s{seed}"
+            if method == "random":
+                if not (folder / META_FILE).exists():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_synthetic(folder, random_subset(dataset, args.ipc, seed=seed))
+                continue
+            for stage in stages:
+                if (folder / f"it{stage}" / META_FILE).exists():
+                    continue
+                cfg = CondenseConfig(
+                    dataset=args.dataset,
+                    data_root=args.data_root,
+                    ipc=args.ipc,
+                    method=method,
+                    iterations=stage,
+                    batch_real=args.batch_real,
+                    seed=seed,
+                    device=args.device,
+                    checkpoint_every=50,
+                    **overrides,
+                )
+                t0 = time.perf_counter()
+                if _done_iterations(folder) < stage:
+                    resume = (folder / "checkpoint.safetensors").exists()
+                    condense(cfg, folder, dataset=dataset, resume=resume, progress=args.progress)
+                _snapshot(folder, stage)
+                print(
+                    f"{name} s{seed}: {stage} iterations ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def _set_folders(out: Path, snapshots: bool) -> list[Path]:
+    folders = []
+    for row in sorted(p for p in out.iterdir() if p.is_dir()):
+        for seed in sorted(p for p in row.iterdir() if p.is_dir() and p.name.startswith("s")):
+            if snapshots:
+                folders += sorted(p for p in seed.iterdir() if p.name.startswith("it"))
+            else:
+                final = [p for p in seed.iterdir() if p.name.startswith("it")]
+                last = max(final, key=lambda p: int(p.name[2:])) if final else seed
+                folders.append(last)
+    return folders
+
+
+def _entry(folder: Path, model: str, epochs: int, runs: int, seed: int) -> dict | None:
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    for e in read_json(path)["evaluations"]:
+        if (e["model"], e["epochs"], e["runs"], e.get("seed", 0)) == (model, epochs, runs, seed):
+            return e
+    return None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.dataset, args.data_root)
+    out = Path(args.out)
+    folders = _set_folders(out, args.all_snapshots)
+    if args.rows:
+        folders = [f for f in folders if f.relative_to(out).parts[0] in args.rows]
+    if args.seeds:
+        keep_seeds = {f"s{s}" for s in args.seeds}
+        folders = [f for f in folders if f.relative_to(out).parts[1] in keep_seeds]
+    if args.only_iterations:
+        keep = {f"it{n}" for n in args.only_iterations}
+        folders = [f for f in folders if f.name in keep or not f.name.startswith("it")]
+    for model in args.models:
+        ecfg = EvalConfig(
+            model=model, epochs=args.epochs, runs=args.runs, seed=args.eval_seed, device=args.device
+        )
+        for folder in folders:
+            if _entry(folder, model, args.epochs, args.runs, args.eval_seed) is not None:
+                continue
+            result = evaluate_set(load_synthetic(folder), dataset, ecfg, progress=args.progress)
+            record_metrics(folder, result, ecfg)
+            print(f"{folder.relative_to(out)} {model}: {result}", file=sys.stderr, flush=True)
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0) -> dict:
+    """{row: {iteration: {model: {seed: [accuracies]}}}} from every metrics.json under ``out``."""
+    table: dict = {}
+    for row in sorted(p for p in out.iterdir() if p.is_dir()):
+        for seed_dir in sorted(p for p in row.iterdir() if p.is_dir() and p.name.startswith("s")):
+            seed = int(seed_dir.name[1:])
+            places = [seed_dir, *(p for p in seed_dir.iterdir() if p.name.startswith("it"))]
+            for folder in places:
+                if not (folder / "metrics.json").exists():
+                    continue
+                it = int(folder.name[2:]) if folder.name.startswith("it") else 0
+                for e in read_json(folder / "metrics.json")["evaluations"]:
+                    if (e["epochs"], e["runs"], e.get("seed", 0)) != (epochs, runs, eval_seed):
+                        continue
+                    cell = table.setdefault(row.name, {}).setdefault(it, {})
+                    cell.setdefault(e["model"], {})[seed] = e["accuracies"]
+    return table
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    table = collect(out, args.epochs, args.runs, args.eval_seed)
+    order = [r for r in (args.rows or ROWS) if r in table] + sorted(
+        r for r in table if r not in (args.rows or ROWS)
+    )
+    lines = []
+    models = sorted({m for r in table.values() for c in r.values() for m in c})
+    models = [m for m in args.models if m in models] if args.models else models
+    final_it = {r: max(table[r]) for r in order}
+    header = "| row | " + " | ".join(models) + " | seeds |"
+    lines += [header, "|---|" + "---|" * (len(models) + 1)]
+    summary: dict = {}
+    for r in order:
+        cells, seeds = [], set()
+        for m in models:
+            per_seed = table[r][final_it[r]].get(m, {})
+            accs = [a for s in sorted(per_seed) for a in per_seed[s]]
+            seeds |= set(per_seed)
+            if accs:
+                mean, std = _stats(accs)
+                cells.append(f"{mean:.2f} +- {std:.2f} ({len(accs)})")
+                summary.setdefault(r, {})[m] = {
+                    "mean": mean,
+                    "std": std,
+                    "n": len(accs),
+                    "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)},
+                    "seed_means": {str(s): _stats(per_seed[s])[0] for s in sorted(per_seed)},
+                    "iterations": final_it[r],
+                }
+            else:
+                cells.append("-")
+        lines.append(f"| {r} | " + " | ".join(cells) + f" | {', '.join(map(str, sorted(seeds)))} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.results:
+        base = Path(args.results)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(base.with_suffix(".md"), text.encode())
+        atomic_write_json(base.with_suffix(".json"), {"rows": summary, "raw": _jsonable(table)})
+    if args.figure:
+        _figure(table, Path(args.figure), base_row=args.base_row, model=models[0])
+
+
+def _jsonable(table: dict) -> dict:
+    return {
+        r: {
+            str(it): {m: {str(s): v for s, v in c.items()} for m, c in cell.items()}
+            for it, cell in its.items()
+        }
+        for r, its in table.items()
+    }
+
+
+def _figure(table: dict, path: Path, base_row: str, model: str) -> None:
+    """Each row's gain over ``base_row`` against iterations (mean over seeds and models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean_at(row: str, it: int) -> tuple[float, float] | None:
+        per_seed = table.get(row, {}).get(it, {}).get(model)
+        if not per_seed:
+            return None
+        return _stats([a for accs in per_seed.values() for a in accs])
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in table:
+        if row in (base_row, "random"):
+            continue
+        xs, ys, es = [], [], []
+        for it in sorted(table[row]):
+            a, b = mean_at(row, it), mean_at(base_row, it)
+            if a and b:
+                xs.append(it)
+                ys.append(a[0] - b[0])
+                es.append(math.hypot(a[1], b[1]))
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=row)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("condensation iterations")
+    ax.set_ylabel(f"accuracy gain over {base_row} (points)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="phase", required=True)
+    for phase in ("condense", "evaluate", "report"):
+        q = sub.add_parser(phase)
+        q.add_argument("--out", required=True)
+        q.add_argument("--dataset", default="cifar10")
+        q.add_argument(
+            "--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data")
+        )
+        q.add_argument("--device", default="auto")
+        q.add_argument("--progress", action="store_true")
+        q.add_argument("--rows", nargs="*", default=None)
+        q.add_argument("--epochs", type=int, default=200)
+        q.add_argument("--runs", type=int, default=3)
+        q.add_argument("--eval-seed", type=int, default=0)
+        q.add_argument("--models", nargs="+", default=None)
+    c = sub.choices["condense"]
+    c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    c.add_argument("--ipc", type=int, default=10)
+    c.add_argument("--iterations", type=int, default=500)
+    c.add_argument("--snapshots", type=int, nargs="*", default=[])
+    c.add_argument("--batch-real", type=int, default=128)
+    e = sub.choices["evaluate"]
+    e.add_argument("--all-snapshots", action="store_true")
+    e.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds")
+    e.add_argument("--only-iterations", type=int, nargs="*", default=None)
+    r = sub.choices["report"]
+    r.add_argument("--results", default=None, help="path stem for .md and .json")
+    r.add_argument("--figure", default=None)
+    r.add_argument("--base-row", default="dm")
+    args = p.parse_args()
+    if args.phase == "condense" and not args.rows:
+        raise SystemExit("condense needs --rows")
+    if args.phase == "evaluate" and not args.models:
+        args.models = ["convnet"]
+    {"condense": cmd_condense, "evaluate": cmd_evaluate, "report": cmd_report}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
