@@ -27,6 +27,7 @@ from .core import Dataset, DatasetError, Split, channel_stats
 from .digits import _load_digits
 from .folders import _load_imagefolder, _load_imagenette, _load_imagewoof, _load_tiny_imagenet
 from .idx import _load_fashion_mnist, _load_mnist
+from .store import _load_store
 from .svhn import _load_svhn
 
 __all__ = [
@@ -50,6 +51,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "imagenette": _load_imagenette,
     "imagewoof": _load_imagewoof,
     "imagefolder": _load_imagefolder,
+    "store": _load_store,
 }
 
 _ALIASES = {"folder": "imagefolder"}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "DatasetError", "Split", "channel_stats"]
+__all__ = ["Dataset", "DatasetError", "ImageSource", "Split", "channel_stats"]
 
 
 class DatasetError(ValueError):
@@ -32,6 +32,62 @@ class DatasetError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
+class ImageSource:
+    """Images that stay on disk until asked for: the contract of a lazy ``Split.images``.
+
+    A subclass (the store's per-class arrays, ``store.py``) gives ``shape`` (``N x C x H x W``),
+    :meth:`gather` (uint8 images at int64 indices, in order, read on demand) and
+    :meth:`select` (the images of a boolean mask, lazily where it can). From these, this
+    class provides the few tensor operations the package applies to ``Split.images``:
+    ``len``, ``.dtype`` (uint8), ``.dim()``, ``x[idx]`` (int64 indices, a boolean mask, a
+    slice or an int) and ``x.index_select(0, idx)``, each returning a uint8 tensor. Prefer
+    :meth:`Split.gather` in new code; :meth:`Split.materialize` reads everything.
+    """
+
+    dtype = torch.uint8
+
+    @property
+    def shape(self) -> torch.Size:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """uint8 ``len(idx) x C x H x W``: the images at int64 indices ``idx`` (in order)."""
+        raise NotImplementedError
+
+    def select(self, mask: torch.Tensor) -> ImageSource | torch.Tensor:
+        """The images where the boolean ``mask`` is true (default: read into memory)."""
+        return self.gather(torch.nonzero(mask).reshape(-1))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def contiguous(self) -> ImageSource:
+        return self
+
+    def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError(f"{type(self).__name__} selects along dimension 0 only")
+        return self.gather(idx)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, int):
+            return self.gather(torch.tensor([key]))[0]
+        if isinstance(key, slice):
+            return self.gather(torch.arange(len(self))[key])
+        key = torch.as_tensor(key)
+        if key.dtype == torch.bool:
+            if key.shape != (len(self),):
+                raise IndexError(f"mask of shape {tuple(key.shape)} for {len(self)} images")
+            return self.gather(torch.nonzero(key).reshape(-1))
+        return self.gather(key.to(torch.int64).reshape(-1))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.shape)})"
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split (train or test): uint8 images ``N x C x H x W`` and int64 labels ``N``.
@@ -39,9 +95,13 @@ class Split:
     The per-class index is built once here so that drawing a class batch costs only an
     index into the uint8 tensor. ``num_classes`` (optional) fixes the length of
     :meth:`class_counts`; without it, it is ``max(label) + 1``.
+
+    ``images`` is a uint8 tensor in memory, or an :class:`ImageSource` (a dataset store's
+    memory-mapped per-class files) that reads only the images asked for. Read images with
+    :meth:`gather` (a batch) or :meth:`materialize` (all); both work for either kind.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageSource
     labels: torch.Tensor
     num_classes: int | None = None
     _by_class: tuple[torch.Tensor, ...] = field(init=False, repr=False)
@@ -67,6 +127,8 @@ class Split:
         n_classes = top if self.num_classes is None else self.num_classes
         if n_classes < top:
             raise ValueError(f"Split has label {top - 1} but num_classes={n_classes}")
+        if not isinstance(images, ImageSource | torch.Tensor):
+            raise ValueError(f"Split.images must be a tensor or an ImageSource, got {images!r}")
         object.__setattr__(self, "images", images.contiguous())
         object.__setattr__(self, "labels", labels.contiguous())
         counts = torch.bincount(labels, minlength=n_classes)
@@ -89,10 +151,41 @@ class Split:
         """Number of samples per class (int64, indexed by label)."""
         return self._counts.clone()
 
+    @property
+    def lazy(self) -> bool:
+        """True when the images are read from disk on demand (a dataset store)."""
+        return isinstance(self.images, ImageSource)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images at the int64 indices ``idx`` (a store reads only those)."""
+        return self.images.index_select(0, idx)
+
+    def materialize(self) -> torch.Tensor:
+        """All images as one uint8 tensor (a store reads every file of the split)."""
+        if isinstance(self.images, ImageSource):
+            return self.images.gather(torch.arange(len(self)))
+        return self.images
+
+    def select(
+        self, mask: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None
+    ) -> Split:
+        """The samples where ``mask`` is true (lazily for a store where whole classes are kept).
+
+        ``labels`` and ``num_classes`` (optional) replace the kept samples' labels and the
+        class count (e.g. remapped ids); by default both are kept.
+        """
+        if isinstance(self.images, ImageSource):
+            images = self.images.select(mask)
+        else:
+            images = self.images[mask]
+        if labels is None:
+            return Split(images, self.labels[mask], self.num_classes)
+        return Split(images, labels, num_classes)
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A classification dataset in memory with its normalisation statistics.
+    """A classification dataset (in memory, or a store's lazy splits) with its normalisation.
 
     ``mean`` and ``std`` are the per-channel statistics of the train images in [0, 1]
     units; use :meth:`from_splits` to compute them from the data.
@@ -200,20 +293,23 @@ class Dataset:
     def class_batch(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` random normalised train images of class ``c`` (float32 ``n x C x H x W``)."""
         idx = self.class_subset_indices(c, n, generator)
-        return self.normalize(self.train.images.index_select(0, idx))
+        return self.normalize(self.train.gather(idx))
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All train images normalised (float32) and their labels."""
-        return self.normalize(self.train.images), self.train.labels.clone()
+        return self.normalize(self.train.materialize()), self.train.labels.clone()
 
     def test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All test images normalised (float32) and their labels."""
-        return self.normalize(self.test.images), self.test.labels.clone()
+        return self.normalize(self.test.materialize()), self.test.labels.clone()
 
-    def subset_classes(self, classes: Sequence[int]) -> Dataset:
-        """Only the samples of ``classes`` (for continual learning).
+    def subset_classes(self, classes: Sequence[int], relabel: bool = False) -> Dataset:
+        """Only the samples of ``classes`` (continual learning, a block of classes).
 
-        Labels keep their original ids; class names, mean and std are unchanged.
+        Labels keep their original ids and class names are unchanged; with ``relabel``,
+        label i is ``classes[i]`` and the names follow (a dataset of ``len(classes)``
+        classes). Mean and std are unchanged. A store's splits stay lazy: only the kept
+        classes' files are ever read.
         """
         keep = torch.as_tensor(list(classes), dtype=torch.int64)
         if len(keep) == 0 or len(torch.unique(keep)) != len(keep):
@@ -221,12 +317,29 @@ class Dataset:
         if int(keep.min()) < 0 or int(keep.max()) >= self.num_classes:
             raise ValueError(f"class ids must be in [0, {self.num_classes}), got {keep.tolist()}")
 
-        def pick(split: Split) -> Split:
-            mask = torch.isin(split.labels, keep)
-            return Split(split.images[mask], split.labels[mask], self.num_classes)
+        if not relabel:
 
+            def pick(split: Split) -> Split:
+                return split.select(torch.isin(split.labels, keep))
+
+            return Dataset(
+                self.name, self.classes, pick(self.train), pick(self.test), self.mean, self.std
+            )
+        lut = torch.full((self.num_classes,), -1, dtype=torch.int64)
+        lut[keep] = torch.arange(len(keep))
+
+        def pick_relabelled(split: Split) -> Split:
+            mask = torch.isin(split.labels, keep)
+            return split.select(mask, lut[split.labels[mask]], len(keep))
+
+        names = tuple(self.classes[c] for c in keep.tolist())
         return Dataset(
-            self.name, self.classes, pick(self.train), pick(self.test), self.mean, self.std
+            self.name,
+            names,
+            pick_relabelled(self.train),
+            pick_relabelled(self.test),
+            self.mean,
+            self.std,
         )
 
 
