@@ -139,14 +139,20 @@ def test_flat_val_with_label_files(tmp_path):
     assert torch.equal(ref.test.materialize(), want.test.materialize())
     assert torch.equal(ref.test.labels, want.test.labels)
 
+    # Kaggle's release: <top>/ILSVRC/Data/CLS-LOC/{train,val}/ and <top>/LOC_val_solution.csv
+    kaggle_src = tmp_path / "top" / "ILSVRC" / "Data" / "CLS-LOC"
+    kaggle_src.parent.mkdir(parents=True)
+    src.rename(kaggle_src)
     csv = ["ImageId,PredictionString"]
-    csv += [
-        f"{p.stem},{p.name.split('_')[1]} 1 2 30 40 {p.name.split('_')[1]} 3 4 5 6" for p in files
-    ]
-    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(csv) + "\n")
-    prep(src, tmp_path / "b")  # found beside --src
+    for p in files:
+        c = p.name.split("_")[1]
+        csv.append(f"{p.stem},{c} 1 2 30 40 {c} 3 4 5 6")
+    (tmp_path / "top" / "LOC_val_solution.csv").write_text("\n".join(csv) + "\n")
+    prep(kaggle_src, tmp_path / "b")
     kaggle = load_dataset("store", tmp_path / "b")
     assert torch.equal(kaggle.test.labels, want.test.labels)
+    assert torch.equal(kaggle.test.materialize(), want.test.materialize())
+    src = kaggle_src
 
     with pytest.raises(DatasetError, match="no label"):
         labels.write_text(f"{files[0].name} n01\n")
@@ -284,3 +290,27 @@ def test_prepare_condense_evaluate(tmp_path, capsys):
     evaluation = read_json(run / "metrics.json")["evaluations"][0]
     assert evaluation["epochs"] == 2 and 0 <= evaluation["mean"] <= 100
     assert json.loads((run / "config.json").read_text())["data_root"] == str(store)
+
+
+def test_store_gives_the_same_runs_as_memory(tree, store):
+    """IDM's queue (random global indices), herding and continual's class subsets read a store
+    exactly as they read the same images in memory."""
+    from ddm.baselines import herding
+    from ddm.condense import condense
+    from ddm.continual import class_subset
+
+    lazy = load_dataset("store", store)
+    ref = load_dataset("imagefolder", tree, image_size=16)
+    cfg = CondenseConfig(
+        dataset="store", method="idm", ipc=1, iterations=2, batch_real=4, depth=2,
+        model_batch=6, model_train_steps=2, net_init=1, device="cpu",
+    )  # fmt: skip
+    a = condense(cfg, None, dataset=lazy, progress=False)
+    b = condense(cfg, None, dataset=ref, progress=False)
+    assert torch.equal(a.images, b.images)
+    h1 = herding(lazy, 1, epochs=1, device="cpu", progress=False)
+    h2 = herding(ref, 1, epochs=1, device="cpu", progress=False)
+    assert torch.equal(h1.images, h2.images)
+    x, y = class_subset(lazy, [2, 0]).test_tensors()
+    rx, ry = class_subset(ref, [2, 0]).test_tensors()
+    assert torch.equal(x, rx) and torch.equal(y, ry)

@@ -8,7 +8,8 @@ Accepted layouts under ``--src``:
   come from ``--val-labels FILE`` (lines ``<file> <class>``, separated by spaces, tabs or a
   comma; the file name with or without its extension, e.g. Tiny-ImageNet's
   ``val_annotations.txt``), or from Kaggle's ``LOC_val_solution.csv`` (``ImageId,
-  PredictionString``, the class the first token), found beside ``--src`` or in it.
+  PredictionString``, the class the first token), found in ``--src`` or up to three folders
+  above it (``<top>/ILSVRC/Data/CLS-LOC/`` as ``--src``, the csv in ``<top>/``).
 
 Classes are the sorted sub-folders of ``train/``, or ``--classes`` (a comma list or a file of
 names, one a line; label k is the k-th name). Every image is decoded to RGB, its short side
@@ -118,7 +119,8 @@ def _val_files(
     if val_labels is not None:
         label_file = Path(val_labels)
     else:
-        near = (src, src.parent, src.parent.parent)  # Kaggle: ILSVRC/Data/CLS-LOC/ + the csv
+        # Kaggle: <top>/ILSVRC/Data/CLS-LOC/{train,val}/ with <top>/LOC_val_solution.csv
+        near = (src, *src.resolve().parents[:3])
         found = [d / KAGGLE_VAL_CSV for d in near if (d / KAGGLE_VAL_CSV).is_file()]
         if not found:
             raise DatasetError(
