@@ -101,7 +101,7 @@ def test_lazy_per_class_access(store):
     mask = ds.train.labels == 2
     assert torch.equal(images[mask], every[mask])
     assert torch.equal(images[3:9:2], every[3:9:2])
-    assert torch.equal(images[4], every[4])
+    assert torch.equal(images[4], every[4]) and torch.equal(images[torch.tensor(4)], every[4])
     with pytest.raises(IndexError):
         images[torch.tensor([15])]
 

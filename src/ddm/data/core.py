@@ -78,6 +78,8 @@ class ImageSource:
         if isinstance(key, slice):
             return self.gather(torch.arange(len(self))[key])
         key = torch.as_tensor(key)
+        if key.dim() == 0 and key.dtype != torch.bool:  # a scalar index: one image
+            return self.gather(key.reshape(1).to(torch.int64))[0]
         if key.dtype == torch.bool:
             if key.shape != (len(self),):
                 raise IndexError(f"mask of shape {tuple(key.shape)} for {len(self)} images")
