@@ -384,12 +384,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
 
-    for name in available_presets():
+    names = available_presets()
+    width = max(map(len, names))
+    for name in names:
         preset = load_preset(name)
-        print(f"{name:<26} {preset['description']}")
+        print(f"{name:<{width}} {preset['description']}")
         if args.verbose:
-            print(f"{'':<26} settings: {preset['settings']}")
-            print(f"{'':<26} source: {preset['source']}")
+            print(f"{'':<{width}} settings: {preset['settings']}")
+            print(f"{'':<{width}} source: {preset['source']}")
     return 0
 
 

@@ -252,8 +252,11 @@ def prepare_store(
     def decode(path: Path) -> np.ndarray | None:
         try:
             return _decode(path, image_size)
-        except DatasetError:
+        except Exception:  # any failure to read or decode one image: skipped and listed
             return None
+
+    if todo:
+        index["complete"] = False
 
     bar = tqdm(total=total, desc=f"prepare {store.name}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
