@@ -232,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         atomic_write_bytes(base.with_suffix(".md"), text.encode())
         atomic_write_json(base.with_suffix(".json"), {"rows": summary, "raw": _jsonable(table)})
     if args.figure:
-        _figure(table, Path(args.figure), base_row=args.base_row, model=models[0])
+        _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds)
 
 
 def _jsonable(table: dict) -> dict:
@@ -245,8 +245,11 @@ def _jsonable(table: dict) -> dict:
     }
 
 
-def _figure(table: dict, path: Path, base_row: str, model: str) -> None:
-    """Each row's gain over ``base_row`` against iterations (mean over seeds and models)."""
+def _figure(
+    table: dict, path: Path, base_row: str, model: str, seeds: list[int] | None = None
+) -> None:
+    """Each row's gain over ``base_row`` against iterations (mean over seeds and models;
+    ``seeds``: only those condensation seeds, so every point has the same ones)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,6 +257,8 @@ def _figure(table: dict, path: Path, base_row: str, model: str) -> None:
 
     def mean_at(row: str, it: int) -> tuple[float, float] | None:
         per_seed = table.get(row, {}).get(it, {}).get(model)
+        if per_seed and seeds is not None:
+            per_seed = {s: v for s, v in per_seed.items() if s in seeds}
         if not per_seed:
             return None
         return _stats([a for accs in per_seed.values() for a in accs])
@@ -313,6 +318,7 @@ def main() -> None:
     r.add_argument("--results", default=None, help="path stem for .md and .json")
     r.add_argument("--figure", default=None)
     r.add_argument("--base-row", default="dm")
+    r.add_argument("--figure-seeds", type=int, nargs="*", default=None)
     args = p.parse_args()
     if args.phase == "condense" and not args.rows:
         raise SystemExit("condense needs --rows")
