@@ -72,6 +72,7 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("model-train-steps", int, "IDM SGD steps per trained queue model"),
     ("model-batch", int, "IDM real images per queue-training step"),
     ("model-lr", float, "IDM queue-model learning rate"),
+    ("precision", str, "auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units)"),
     ("device", str, "auto | cpu | cuda[:N]"),
     ("checkpoint-every", int, "iterations between checkpoints (0: only at the end)"),
     ("real-chunk", int, "real images per no-grad forward (0: automatic)"),
@@ -94,7 +95,7 @@ def _add_condense_flags(p: argparse.ArgumentParser) -> None:
             f"--{flag}", type=kind, default=argparse.SUPPRESS, help=f"{text} (default: {shown})"
         )
     for flag, text in (
-        ("bf16", "bf16 autocast (GPU)"),
+        ("bf16", "deprecated: --precision bf16"),
         ("channels-last", "channels-last memory format"),
         ("compile", "torch.compile the matching network"),
     ):
@@ -110,6 +111,8 @@ def _condense_config(args: argparse.Namespace):
         values.update(load_preset(args.preset)["settings"])
     names = {f.name for f in dataclasses.fields(CondenseConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    if getattr(args, "bf16", False) and "precision" not in vars(args):  # deprecated alias
+        values["precision"] = "bf16"
     return config_from_dict(CondenseConfig, values)
 
 
@@ -123,6 +126,7 @@ def _eval_config(args: argparse.Namespace):
         runs=args.runs,
         seed=args.eval_seed,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -145,6 +149,11 @@ def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help="models trained (%(default)s)",
     )
     p.add_argument("--eval-seed", type=int, default=d.seed, help="(%(default)s)")
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units; %(default)s)",
+    )
 
 
 def _summary(folder: Path) -> str:

@@ -67,7 +67,14 @@ from .losses import (
     style_spread_from_stats,
 )
 from .models import uses_batchnorm
-from .runtime import Stream, generator, resolve_device, tune_allocator
+from .runtime import (
+    Stream,
+    autocast,
+    generator,
+    resolve_device,
+    resolve_precision,
+    tune_allocator,
+)
 
 __all__ = [
     "NonFiniteLossError",
@@ -213,17 +220,23 @@ def _features(net: nn.Module, x: torch.Tensor, weights: _Weights):
     return net.embed(x), []
 
 
-def _class_stats(emb: torch.Tensor, maps: list[torch.Tensor], weights: _Weights) -> _RealStats:
+def _class_stats(
+    emb: torch.Tensor,
+    maps: list[torch.Tensor],
+    weights: _Weights,
+    gram_dtype: torch.dtype | None = None,
+) -> _RealStats:
+    """One class's statistics, in float32; ``gram_dtype`` (bf16) is the Gram product's input."""
     stat = _RealStats(
         emb=emb.mean(0),
-        map_means=[mean_map(m) for m in maps]
+        map_means=[mean_map(m.float()) for m in maps]
         if weights.w_mm > 0 and weights.moments == "batch"
         else [],
-        grams=[mean_gram(m) for m in maps] if weights.w_cm > 0 else [],
+        grams=[mean_gram(m, gram_dtype) for m in maps] if weights.w_cm > 0 else [],
     )
     if weights.persample:
         for m in maps:
-            mu, s = persample_moments(m)
+            mu, s = persample_moments(m.float())
             stat.mu.append(mu.mean(0))
             stat.s.append(s.mean(0))
             if weights.w_sd > 0:
@@ -243,11 +256,13 @@ def real_statistics(
     device: torch.device,
     autocast: Any,
     channels_last: bool,
+    gram_dtype: torch.dtype | None = None,
 ) -> list[_RealStats]:
     """Per-class statistics of the augmented real batches, without autograd, in chunks.
 
     ``chunk_images`` bounds the images per forward (whole classes are kept together);
-    0 puts every class in one forward (required for batch norm).
+    0 puts every class in one forward (required for batch norm). Maps stay in the dtype the
+    network gave them (bf16 under autocast); each statistic is computed in float32.
     """
     stats: list[_RealStats] = []
     c, n_classes = 0, len(batches)
@@ -268,9 +283,10 @@ def real_statistics(
                 emb, maps = _features(net, x, weights)
             sizes = [len(batches[k]) for k in group]
             embs = emb.float().split(sizes)
-            per_layer = [m.float().split(sizes) for m in maps]
+            per_layer = [m.split(sizes) for m in maps]
             for i in range(len(group)):
-                stats.append(_class_stats(embs[i], [layer[i] for layer in per_layer], weights))
+                layers = [layer[i] for layer in per_layer]
+                stats.append(_class_stats(embs[i], layers, weights, gram_dtype))
             c += len(group)
     return stats
 
@@ -340,8 +356,11 @@ class _Run:
     """State of one condensation run: pixels, optimiser, base, iteration, outputs."""
 
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
-        self.cfg, self.dataset, self.out = cfg, dataset, out
+        self.dataset, self.out = dataset, out
         self.device = resolve_device(cfg.device)
+        # the resolved precision (fp32 | bf16) is the run's setting from here on
+        precision = resolve_precision(cfg.precision, self.device)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
         self.base = make_base(cfg, dataset, self.device)
         self.per_class = cfg.ipc * self.base.factor**2  # images matched per class
         k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(self.per_class)
@@ -371,7 +390,9 @@ class _Run:
         probe = self.base.network(0) if cfg.base == "dm" else self.base.nets[0]
         self.batchnorm = uses_batchnorm(probe)
         self.chunk = 0 if self.batchnorm else (cfg.real_chunk or _auto_chunk(self.device))
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.autocast = autocast(cfg.precision, self.device)
+        # bf16: the real batch's Gram products too (float32 accumulation and mean)
+        self.gram_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self._compiled: dict[int, nn.Module] = {}
 
     def _forward_net(self, net: nn.Module) -> nn.Module:
@@ -403,6 +424,7 @@ class _Run:
             self.device,
             self.autocast,
             cfg.channels_last,
+            self.gram_dtype,
         )
         ce = self.base.ce_weight()
         if self.base.per_class_steps:  # IDM: one image step per class
@@ -478,6 +500,7 @@ class _Run:
             "iterations_planned": self.cfg.iterations,
             "expansion_factor": self.base.factor,
             "dsa_strategy": self.strategy,
+            "precision": self.cfg.precision,
             "version": __version__,
         }
         return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone(), meta)
@@ -512,6 +535,8 @@ def _auto_chunk(device: torch.device) -> int:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
+    # runs from before --precision saved a bf16 switch instead
+    saved = {"precision": "bf16" if saved.get("bf16") else "fp32", **saved}
     now = cfg.to_dict()
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now[k]!r}"
@@ -605,10 +630,10 @@ def condense(
 
         with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
             header = f.metadata() or {}
-        _check_resumable(json.loads(header.get("config", "{}")), cfg)
+        _check_resumable(json.loads(header.get("config", "{}")), run.cfg)
         run.load_state(tensors, int(header.get("iteration", 0)), header)
     if out_path is not None:
-        atomic_write_json(out_path / CONFIG_FILE, {**cfg.to_dict(), "version": __version__})
+        atomic_write_json(out_path / CONFIG_FILE, {**run.cfg.to_dict(), "version": __version__})
         if run.iteration == 0:
             run.save()  # iteration 0: the initial images are the first good checkpoint
     if cfg.w_icd > 0 and run.weights.icd_k <= 0:

@@ -24,7 +24,14 @@ from .config import EvalConfig
 from .data import Dataset, load_dataset
 from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json
 from .models import build_model
-from .runtime import Stream, resolve_device, seed_for, tune_allocator
+from .runtime import (
+    Stream,
+    autocast,
+    resolve_device,
+    resolve_precision,
+    seed_for,
+    tune_allocator,
+)
 
 __all__ = [
     "EvalResult",
@@ -47,6 +54,7 @@ class EvalResult:
     accuracies: list[float]
     train_accuracies: list[float]
     seconds: float
+    precision: str = "fp32"  # the resolved precision the models were trained in
 
     @property
     def mean(self) -> float:
@@ -70,7 +78,7 @@ class EvalResult:
             "accuracies": [round(a, 4) for a in self.accuracies],
             "train_accuracies": [round(a, 4) for a in self.train_accuracies],
             "seconds": round(self.seconds, 2),
-            "protocol": cfg.to_dict(),
+            "protocol": {**cfg.to_dict(), "precision": self.precision},
         }
 
 
@@ -80,11 +88,12 @@ def accuracy(
     labels: torch.Tensor,
     device: torch.device,
     batch: int = 1000,
+    precision: str = "fp32",
 ) -> float:
     """Percent of ``images`` classified correctly (eval mode, no grad, in batches)."""
     net.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(resolve_precision(precision, device), device):
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device, non_blocking=True)
             pred = net(x).argmax(1).cpu()
@@ -103,8 +112,12 @@ def train_and_test(
     cfg: EvalConfig,
     run: int = 0,
 ) -> tuple[float, float]:
-    """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %)."""
+    """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %).
+
+    Under bf16 precision the forward passes run in bf16 autocast; the loss is float32.
+    """
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     channels, size = train_x.shape[1], train_x.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
@@ -126,12 +139,14 @@ def train_and_test(
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             x = augment(x_all[idx], strategy, gen)
-            loss = F.cross_entropy(net(x), y_all[idx])
+            with autocast(precision, device):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    train_acc = accuracy(net, train_x, train_y, device)
-    return accuracy(net, test_x, test_y, device), train_acc
+    train_acc = accuracy(net, train_x, train_y, device, precision=precision)
+    return accuracy(net, test_x, test_y, device, precision=precision), train_acc
 
 
 def evaluate_set(
@@ -167,7 +182,9 @@ def evaluate_set(
         )
         accs.append(test_acc)
         train_accs.append(train_acc)
-    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, time.perf_counter() - t0)
+    precision = resolve_precision(cfg.precision, resolve_device(cfg.device))
+    seconds = time.perf_counter() - t0
+    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision)
 
 
 def _check_compatible(syn: SyntheticSet, dataset: Dataset) -> None:
