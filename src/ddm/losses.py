@@ -68,13 +68,13 @@ def mean_gram(maps: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     """Batch mean of per-sample Gram matrices G = F F^T / (C H W): N x C x H x W -> C x C.
 
     One batched matmul over flattened views (no copy of the maps), summed over the batch in
-    float32 (or the maps' wider type); the result is float32. ``dtype`` (e.g. ``torch.bfloat16``) is the product's
+    float32 (or the maps' wider type). ``dtype`` (e.g. ``torch.bfloat16``) is the product's
     input type: bf16 products (float32 accumulation inside the kernel, each sample's Gram
-    rounded to bf16 before the float32 mean) run 2-3x faster on CPUs with bf16 units; the
+    rounded to bf16 before the float32 sum) run 2-3x faster on CPUs with bf16 units; the
     mean's error is then about 3e-4 of its largest entry (``tests/test_losses.py``).
     Measured on such a CPU and kept out: one GEMM over all pixels of the batch (needs a
     C x N*HW copy of the maps, which costs as much as the product saves) and using the
-    symmetry by channel blocks (strided or smaller products: slower, in fp32 and bf16).
+    symmetry of F F^T by channel blocks (strided or smaller products: slower in both types).
     """
     n, c, h, w = maps.shape
     if dtype is not None:

@@ -74,7 +74,7 @@ def _cpu_has_bf16_units() -> bool:
             pass
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
     except (OSError, StopIteration, IndexError):
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
