@@ -446,3 +446,45 @@ def test_mean_gram_keeps_gradients():
     maps = torch.randn(3, 4, 2, 2, requires_grad=True)
     mean_gram(maps).sum().backward()
     assert maps.grad is not None and torch.isfinite(maps.grad).all()
+
+
+def test_persample_moments_without_autograd_equal_var_mean():
+    from ddm.losses import persample_moments
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(5, 6, 7, 7, generator=g) * 2 + 0.5
+    var, mu = torch.var_mean(maps.double().flatten(2), dim=2, correction=0)
+    sigma = torch.sqrt(var + 1e-5)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        with torch.no_grad():
+            got_mu, got_s = persample_moments(maps.to(dtype))
+        assert got_mu.dtype == dtype
+        torch.testing.assert_close(got_mu.double(), mu, rtol=tol, atol=tol)
+        torch.testing.assert_close(got_s.double(), sigma, rtol=tol, atol=tol)
+    low = maps.bfloat16()  # bf16 maps: float32 statistics of the bf16 values
+    var, mu = torch.var_mean(low.double().flatten(2), dim=2, correction=0)
+    with torch.no_grad():
+        got_mu, got_s = persample_moments(low)
+    assert got_mu.dtype == torch.float32 and got_s.dtype == torch.float32
+    torch.testing.assert_close(got_mu.double(), mu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_s.double(), torch.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
+    # with autograd: the differentiable path, same values
+    x = maps.clone().requires_grad_(True)
+    g_mu, g_s = persample_moments(x)
+    (g_mu.sum() + g_s.sum()).backward()
+    assert x.grad is not None
+    torch.testing.assert_close(g_s.detach().double(), sigma, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
+    from ddm.losses import conv_mean_gram, mean_gram
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, 9, 9, generator=g, dtype=torch.float64)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1, bias=bias).double()
+    with torch.no_grad():
+        expected = mean_gram(conv(x))
+        got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)

@@ -114,3 +114,36 @@ def test_bf16_evaluation_trains_and_records_precision(tmp_path):
     auto = EvalConfig(epochs=1, runs=1, precision="auto")
     result = evaluate_set((images, labels), dataset, auto, progress=False)
     assert result.to_dict(auto)["protocol"]["precision"] == resolve_precision("auto", CPU)
+
+
+@pytest.mark.parametrize("tap", ["conv", "act"])
+def test_real_statistics_fast_paths_match_the_maps(tap):
+    """The first conv-tap Gram from patches, bf16 products and the group-norm moments give
+    the statistics the maps give in float32."""
+    from ddm.augment import sample_params
+    from ddm.condense import _input_conv, _Weights, real_statistics
+    from ddm.losses import mean_gram, persample_moments
+    from ddm.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("convnet", 3, 4, 16).requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(12, 3, 16, 16, generator=gen) for _ in range(2)]
+    params = [sample_params("none", 3, (16, 16), gen, siamese=True) for _ in range(2)]
+    w = _Weights(1.0, 1.0, 0.0, 0, True, tap=tap, moments="persample")
+    assert (_input_conv(net, w) is not None) == (tap == "conv")
+    cpu = torch.device("cpu")
+    fp32 = real_statistics(net, batches, params, w, 0, cpu, autocast("fp32", CPU), False)
+    bf16 = real_statistics(
+        net, batches, params, w, 0, cpu, autocast("bf16", CPU), False, torch.bfloat16
+    )
+    for c, batch in enumerate(batches):
+        _, maps = net.embed_and_maps(batch, tap=tap)
+        for layer, m in enumerate(maps):
+            exact = mean_gram(m.double())
+            torch.testing.assert_close(fp32[c].grams[layer].double(), exact, rtol=1e-4, atol=1e-6)
+            scale = exact.abs().max()
+            assert (bf16[c].grams[layer].double() - exact).abs().max() < 2e-2 * scale
+            mu = persample_moments(m.double())[0].mean(0)
+            torch.testing.assert_close(fp32[c].mu[layer].double(), mu, rtol=1e-4, atol=1e-5)
+            assert bf16[c].mu[layer].dtype == torch.float32

@@ -52,6 +52,7 @@ from .io import (
     save_tensors,
 )
 from .losses import (
+    conv_mean_gram,
     correlation_from_stats,
     default_icd_k,
     default_spread_rank,
@@ -225,18 +226,25 @@ def _class_stats(
     maps: list[torch.Tensor],
     weights: _Weights,
     gram_dtype: torch.dtype | None = None,
+    first_gram: torch.Tensor | None = None,
 ) -> _RealStats:
-    """One class's statistics, in float32; ``gram_dtype`` (bf16) is the Gram product's input."""
+    """One class's statistics, in float32; ``gram_dtype`` (bf16) is the Gram product's input,
+    ``first_gram`` the first layer's mean Gram matrix when already known."""
     stat = _RealStats(
         emb=emb.mean(0),
         map_means=[mean_map(m.float()) for m in maps]
         if weights.w_mm > 0 and weights.moments == "batch"
         else [],
-        grams=[mean_gram(m, gram_dtype) for m in maps] if weights.w_cm > 0 else [],
+        grams=[
+            first_gram if i == 0 and first_gram is not None else mean_gram(m, gram_dtype)
+            for i, m in enumerate(maps)
+        ]
+        if weights.w_cm > 0
+        else [],
     )
     if weights.persample:
         for m in maps:
-            mu, s = persample_moments(m.float())
+            mu, s = persample_moments(m)
             stat.mu.append(mu.mean(0))
             stat.s.append(s.mean(0))
             if weights.w_sd > 0:
@@ -245,6 +253,22 @@ def _class_stats(
     if weights.w_cd > 0 and weights.cd_rank > 0:
         stat.cd_dirs, stat.cd_std = spread_directions(emb, weights.cd_rank)
     return stat
+
+
+def _input_conv(net: nn.Module, weights: _Weights) -> nn.Conv2d | None:
+    """The convolution whose output is the first style map, when it reads the images and has
+    few inputs per pixel: its mean Gram matrix then comes from the patches (``conv_mean_gram``,
+    far fewer FLOPs than from the maps)."""
+    features = getattr(net, "features", None)
+    if weights.w_cm <= 0 or weights.tap != "conv" or not isinstance(features, nn.Sequential):
+        return None
+    conv = features[0]
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+        return None
+    k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return conv if 2 * k <= conv.out_channels else None
 
 
 def real_statistics(
@@ -266,6 +290,7 @@ def real_statistics(
     """
     stats: list[_RealStats] = []
     c, n_classes = 0, len(batches)
+    conv = _input_conv(net, weights)
     with torch.no_grad():
         while c < n_classes:
             group, size = [c], len(batches[c])
@@ -284,9 +309,13 @@ def real_statistics(
             sizes = [len(batches[k]) for k in group]
             embs = emb.float().split(sizes)
             per_layer = [m.split(sizes) for m in maps]
+            inputs = x.split(sizes)
             for i in range(len(group)):
                 layers = [layer[i] for layer in per_layer]
-                stats.append(_class_stats(embs[i], layers, weights, gram_dtype))
+                first = None
+                if conv is not None:
+                    first = conv_mean_gram(inputs[i], conv.weight, conv.bias, conv.padding)
+                stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first))
             c += len(group)
     return stats
 

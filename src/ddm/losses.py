@@ -36,6 +36,7 @@ __all__ = [
     "default_icd_k",
     "mean_map",
     "mean_gram",
+    "conv_mean_gram",
     "mmd_from_stats",
     "moments_from_stats",
     "correlation_from_stats",
@@ -83,6 +84,32 @@ def mean_gram(maps: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     gram = torch.bmm(flat, flat.transpose(1, 2))  # N x C x C
     acc = torch.float32 if gram.dtype in (torch.bfloat16, torch.float16) else gram.dtype
     return gram.sum(dim=0, dtype=acc) / (n * c * h * w)
+
+
+def conv_mean_gram(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tuple
+) -> torch.Tensor:
+    """``mean_gram(F.conv2d(x, weight, bias, padding=padding))`` without computing the maps.
+
+    Each output pixel is f = W u + b, u the input patch (k = C_in kh kw values), so the mean
+    Gram matrix is (W S2 W^T + (W s1) b^T + b (W s1)^T + HW b b^T) / (C H W), with S2 and
+    s1 the per-image sums of u u^T and u, averaged over the batch. That costs 2 k^2 per pixel
+    instead of 2 C^2: for a first convolution on RGB images (k = 27, C = 128) 22x fewer
+    FLOPs, which is where most of DDM's released-form style cost was. Float32 patches,
+    float64 for the small products; the result is float32.
+    """
+    n = x.shape[0]
+    c_out = weight.shape[0]
+    cols = F.unfold(x.float(), weight.shape[-2:], padding=padding)  # N x k x HW
+    hw = cols.shape[-1]
+    s2 = torch.bmm(cols, cols.transpose(1, 2)).sum(0).double() / n  # k x k
+    s1 = cols.sum(dim=(0, 2)).double() / n  # k
+    w = weight.detach().reshape(c_out, -1).double()  # C x k
+    gram = w @ s2 @ w.T
+    if bias is not None:
+        b, ws1 = bias.detach().double(), w @ s1
+        gram = gram + torch.outer(ws1, b) + torch.outer(b, ws1) + hw * torch.outer(b, b)
+    return (gram / (c_out * hw)).float()
 
 
 # --- losses from statistics ---------------------------------------------------------------
@@ -209,7 +236,22 @@ def relative_sq(a: torch.Tensor, b: torch.Tensor, relative: bool = True) -> torc
 
 
 def persample_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel: spatial mean and sqrt(population variance + 1e-5). N x C each."""
+    """Per image and channel: spatial mean and sqrt(population variance + 1e-5). N x C each.
+
+    Without autograd (the real batch) both come from group norm's statistics kernel (one
+    group per channel: mean and 1 / sqrt(var + 1e-5)), in float32 also for bf16 maps and
+    without a float copy of them: measured 2.5x (float32) to 4x (bf16 maps) faster on CPU
+    than ``var_mean``, which stays the path that carries gradients.
+    """
+    if maps.dim() == 4 and not (maps.requires_grad and torch.is_grad_enabled()):
+        n, c, h, w = maps.shape
+        low = maps.dtype in (torch.bfloat16, torch.float16)
+        # float weights with low-precision maps: float32 statistics
+        ones = torch.ones(c, device=maps.device, dtype=torch.float32 if low else maps.dtype)
+        _, mu, rstd = torch.ops.aten.native_group_norm(
+            maps.contiguous(), ones, torch.zeros_like(ones), n, c, h * w, c, SIGMA_EPS
+        )
+        return mu.view(n, c), rstd.view(n, c).reciprocal()
     var, mu = torch.var_mean(maps.flatten(2), dim=2, correction=0)
     return mu, torch.sqrt(var + SIGMA_EPS)
 
