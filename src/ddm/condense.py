@@ -232,7 +232,7 @@ def _class_stats(
     ``first_gram`` the first layer's mean Gram matrix when already known."""
     stat = _RealStats(
         emb=emb.mean(0),
-        map_means=[mean_map(m.float()) for m in maps]
+        map_means=[mean_map(m) for m in maps]
         if weights.w_mm > 0 and weights.moments == "batch"
         else [],
         grams=[

@@ -60,9 +60,12 @@ MAX_SPREAD_RANK = 16  # L_CD's default number of principal directions (METHOD.md
 # --- statistics (batch means) ------------------------------------------------------------
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def mean_map(maps: torch.Tensor) -> torch.Tensor:
-    """Average a layer's maps over the batch: N x C x H x W -> C x H x W."""
-    return maps.mean(dim=0)
+    """Average a layer's maps over the batch: N x C x H x W -> C x H x W (bf16: in float32)."""
+    return maps.mean(dim=0, dtype=torch.float32 if maps.dtype in _LOW_PRECISION else None)
 
 
 def mean_gram(maps: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -82,7 +85,7 @@ def mean_gram(maps: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
         maps = maps.to(dtype)
     flat = maps.reshape(n, c, h * w)  # N x C x HW
     gram = torch.bmm(flat, flat.transpose(1, 2))  # N x C x C
-    acc = torch.float32 if gram.dtype in (torch.bfloat16, torch.float16) else gram.dtype
+    acc = torch.float32 if gram.dtype in _LOW_PRECISION else gram.dtype
     return gram.sum(dim=0, dtype=acc) / (n * c * h * w)
 
 
@@ -245,7 +248,7 @@ def persample_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if maps.dim() == 4 and not (maps.requires_grad and torch.is_grad_enabled()):
         n, c, h, w = maps.shape
-        low = maps.dtype in (torch.bfloat16, torch.float16)
+        low = maps.dtype in _LOW_PRECISION
         # float weights with low-precision maps: float32 statistics
         ones = torch.ones(c, device=maps.device, dtype=torch.float32 if low else maps.dtype)
         _, mu, rstd = torch.ops.aten.native_group_norm(
