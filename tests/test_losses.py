@@ -481,10 +481,11 @@ def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
     from ddm.losses import conv_mean_gram, mean_gram
 
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(6, 3, 9, 9, generator=g, dtype=torch.float64)
-    conv = torch.nn.Conv2d(3, 16, 3, padding=1, bias=bias).double()
-    with torch.no_grad():
-        expected = mean_gram(conv(x))
-        got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    x = torch.randn(6, 3, 9, 8, generator=g, dtype=torch.float64)
+    for kernel, padding in ((3, 1), (3, 0), ((3, 5), (1, 2))):
+        conv = torch.nn.Conv2d(3, 16, kernel, padding=padding, bias=bias).double()
+        with torch.no_grad():
+            expected = mean_gram(conv(x))
+            got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
