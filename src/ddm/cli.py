@@ -5,12 +5,16 @@ error a user can cause ends in one clear line on stderr and exit status 2 (1 for
 run), never a traceback. ``--config FILE`` (condense, evaluate, baseline, continual) fills in
 settings from a YAML or JSON file before the flags given on the command line
 (``ddm.configfile``).
+
+Under torchrun (``torchrun --nproc-per-node N -m ddm condense|evaluate ...``) the same
+commands run on every rank; ``ddm.distributed`` decides who does what, rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,11 +183,12 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
 
 
 def cmd_condense(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .condense import condense
 
     cfg = _condense_config(args)
     condense(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(_summary(Path(args.out)))
+    dist.echo(_summary(Path(args.out)))
     return 0
 
 
@@ -229,6 +234,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .data import load_dataset
     from .evaluate import evaluate_run, evaluate_set, record_metrics
     from .interop import import_set, is_run_folder
@@ -268,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 pixels=args.syn_pixels,
             )
             out = Path(args.out) if args.out else _external_out(path)
-            _write_imported(out, path, syn)
+            dist.on_main(_write_imported, out, path, syn)
             imported[path] = (syn, out)
         elif dataset is not None and _run_dataset(path) != dataset.name:
             raise ValueError(
@@ -278,14 +284,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path in imported:
             syn, out = imported[path]
             result = evaluate_set(syn, dataset, cfg, progress=not args.quiet)
-            record_metrics(out, result, cfg)
+            dist.on_main(record_metrics, out, result, cfg)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
                 path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
-        print(
+        dist.echo(
             f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
@@ -600,19 +606,31 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Commands that run under torchrun with several processes (the others would race on files).
+DISTRIBUTED_COMMANDS = ("condense", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import distributed as dist
     from .condense import NonFiniteLossError
     from .data import DatasetError
     from .io import RunFolderError
 
+    # under torchrun every rank reports its own errors; the same error shows once per rank
+    who = f"ddm[rank {os.environ.get('RANK', '0')}]" if dist.requested_world_size() > 1 else "ddm"
     try:
         args = parse_command_line(argv)
+        if dist.requested_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(
+                f"`ddm {args.command}` runs in one process; under torchrun only "
+                f"{' and '.join(DISTRIBUTED_COMMANDS)} are spread over processes"
+            )
         return args.func(args)
     except NonFiniteLossError as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, DatasetError, RunFolderError) as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
@@ -622,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":
