@@ -136,6 +136,11 @@ class IDMBase(DMBase):
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, device: torch.device) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
         self.factor = cfg.factor
+        if cfg.model_batch < dist.world_size():
+            raise ValueError(
+                f"--model-batch {cfg.model_batch} is smaller than the {dist.world_size()} "
+                "processes that share each queue-training batch; raise it"
+            )
         self.nets: list[nn.Module] = []
         self.opts: list[torch.optim.Optimizer] = []
         self.ids: list[int] = []

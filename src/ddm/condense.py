@@ -469,7 +469,7 @@ class _Run:
                 terms[name] += v
         # the log's sums over all classes, and whether any rank met a NaN/inf
         summed = dist.all_reduce_sum(
-            torch.tensor([total, *terms.values(), bad], dtype=torch.float64)
+            torch.tensor([total, *terms.values(), bad], dtype=torch.float64, device=self.device)
         )
         total, values = float(summed[0]), summed[1:-1].tolist()
         if summed[-1] > 0:
