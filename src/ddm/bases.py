@@ -128,7 +128,8 @@ class IDMBase(DMBase):
     accuracy (percent, over its latest training call; 0 before any) scales the CE term.
 
     Under torchrun every rank draws the same batches and trains its share of each through
-    DistributedDataParallel (gradients summed over ranks), so every rank keeps the same queue.
+    DistributedDataParallel (gradients averaged over ranks, the loss scaled so that the step is
+    the whole batch's mean), so every rank keeps the same queue.
     """
 
     per_class_steps = True
