@@ -123,12 +123,13 @@ def _set_folders(out: Path, snapshots: bool) -> list[Path]:
     folders = []
     for row in sorted(p for p in out.iterdir() if p.is_dir()):
         for seed in sorted(p for p in row.iterdir() if p.is_dir() and p.name.startswith("s")):
-            if snapshots:
-                folders += sorted(p for p in seed.iterdir() if p.name.startswith("it"))
+            snaps = sorted(p for p in seed.iterdir() if p.name.startswith("it"))
+            if not snaps:  # a selected set (random): the folder itself
+                folders.append(seed)
+            elif snapshots:
+                folders += snaps
             else:
-                final = [p for p in seed.iterdir() if p.name.startswith("it")]
-                last = max(final, key=lambda p: int(p.name[2:])) if final else seed
-                folders.append(last)
+                folders.append(max(snaps, key=lambda p: int(p.name[2:])))
     return folders
 
 

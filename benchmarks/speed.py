@@ -13,7 +13,13 @@ default allocator behaviour) in the same way, for scale.
     python benchmarks/speed.py --ipc 10 --methods dm idm ddm-idm   # IDM with its own defaults
     python benchmarks/speed.py --ipc 10 --methods idm --set model_batch=64 --set model_train_steps=5
 
-Methods: dm, ddm, idm, ddm-idm (DDM's terms on the IDM base), reference-style.
+Methods: dm, ddm (the default form), ddm-paper, ddm-released, idm, ddm-idm (DDM's terms on the
+IDM base, default form), ddm-paper-idm, ddm-released-idm, reference-style.
+
+``--paired`` times several methods in ONE process, their iterations interleaved (dm, ddm, dm,
+ddm, ...), so a busy machine slows every method alike and the ratios stay meaningful:
+
+    python benchmarks/speed.py --paired --ipc 10 --methods dm ddm-paper ddm-released --iters 5
 """
 
 from __future__ import annotations
@@ -94,10 +100,75 @@ def _reference_style(dataset, ipc, batch_real, iters):
     return (time.perf_counter() - t0) / iters
 
 
-def one(args) -> dict:
-    """Measure one setting in this process; print a JSON line."""
+# benchmark method name -> (method, extra CondenseConfig settings)
+METHODS = {
+    "dm": ("dm", {}),
+    "ddm": ("ddm", {}),
+    "ddm-paper": ("ddm", {"form": "paper"}),
+    "ddm-released": ("ddm", {"form": "released"}),
+    "idm": ("idm", {}),
+    "ddm-idm": ("ddm", {"base": "idm"}),
+    "ddm-paper-idm": ("ddm", {"base": "idm", "form": "paper"}),
+    "ddm-released-idm": ("ddm", {"base": "idm", "form": "released"}),
+}
+
+
+def _make_run(args, name: str, ipc: int, dataset):
     from ddm.condense import _Run
     from ddm.config import CondenseConfig, parse_overrides
+
+    if name not in METHODS:
+        raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}, reference-style")
+    method, extra = METHODS[name]
+    extra = dict(extra)
+    if getattr(args, "compile", False):
+        extra["compile"] = True
+    extra.update(parse_overrides(args.set))  # CondenseConfig fields, KEY=VALUE
+    cfg = CondenseConfig(
+        dataset="cifar10",
+        data_root=args.data_root,
+        ipc=ipc,
+        method=method,
+        batch_real=args.batch_real,
+        iterations=10**6,
+        device="cpu",
+        **extra,
+    ).resolved()
+    return _Run(cfg, dataset, None)
+
+
+def paired(args) -> None:
+    """Interleaved iterations of several methods in this process; print seconds and ratios."""
+    from ddm.data import load_dataset
+    from ddm.runtime import tune_allocator
+
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    dataset = load_dataset("cifar10", args.data_root)
+    for ipc in args.ipc:
+        runs = {m: _make_run(args, m, ipc, dataset) for m in args.methods}
+        for run in runs.values():
+            run.step()  # warm-up
+        times: dict[str, list[float]] = {m: [] for m in runs}
+        for _ in range(args.iters):
+            for m, run in runs.items():
+                t0 = time.perf_counter()
+                run.step()
+                times[m].append(time.perf_counter() - t0)
+        base = sum(times[args.methods[0]]) / args.iters
+        print(
+            f"\nCIFAR-10, ipc {ipc}, batch_real {args.batch_real}, {args.threads} threads, "
+            f"{args.iters} interleaved iterations per method after one warm-up (one process)\n"
+        )
+        print(f"| method | s / iteration | vs {args.methods[0]} |")
+        print("|---|---|---|")
+        for m, ts in times.items():
+            sec = sum(ts) / len(ts)
+            print(f"| {m} | {sec:.2f} | {sec / base:.2f}x |")
+
+
+def one(args) -> dict:
+    """Measure one setting in this process; print a JSON line."""
     from ddm.data import load_dataset
     from ddm.runtime import tune_allocator
 
@@ -108,22 +179,7 @@ def one(args) -> dict:
         bare, queue = None, 0.0
     else:
         tune_allocator()
-        extra = {"compile": True} if args.compile else {}
-        method = args.method
-        if method == "ddm-idm":
-            method, extra["base"] = "ddm", "idm"
-        extra.update(parse_overrides(args.set))  # CondenseConfig fields, KEY=VALUE
-        cfg = CondenseConfig(
-            dataset="cifar10",
-            data_root=args.data_root,
-            ipc=args.ipc_one,
-            method=method,
-            batch_real=args.batch_real,
-            iterations=args.iters + 1,
-            device="cpu",
-            **extra,
-        ).resolved()
-        run = _Run(cfg, dataset, None)
+        run = _make_run(args, args.method, args.ipc_one, dataset)
         run.step()  # warm-up (and compilation)
         queue = 0.0
         t0 = time.perf_counter()
@@ -163,12 +219,16 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a CondenseConfig field for every row, e.g. model_train_steps=5 (repeatable)",
     )
+    p.add_argument("--paired", action="store_true", help="interleave methods in one process")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--ipc-one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args)))
+        return
+    if args.paired:
+        paired(args)
         return
 
     rows = []

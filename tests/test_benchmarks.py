@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -65,3 +66,109 @@ def test_compare_rows_parse():
     assert over == {"model_batch": 64, "ce_weight": 0.5, "dsa": False}
     with pytest.raises(SystemExit, match="unknown row"):
         compare.parse_row("nope")
+
+
+def test_speed_paired_times_forms_in_one_process(tmp_path):
+    cmd = [sys.executable, str(BENCH / "speed.py"), "--paired", "--ipc", "2", "--iters", "1"]
+    cmd += ["--methods", "dm", "ddm-paper", "ddm-released", "--batch-real", "4", "--threads", "1"]
+    cmd += ["--data-root", str(_cifar(tmp_path))]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [
+        ln for ln in out.stdout.splitlines() if ln.startswith("| ddm") or ln.startswith("| dm")
+    ]
+    assert [ln.split("|")[1].strip() for ln in lines] == ["dm", "ddm-paper", "ddm-released"]
+    assert lines[0].split("|")[3].strip() == "1.00x"
+
+
+def test_evidence_condense_snapshots_evaluate_report(tmp_path):
+    """The evidence pipeline end to end on tiny CIFAR-format files: snapshots are the run's
+    state at those iterations, every set gets evaluated, the report finds every row."""
+    root, out = _cifar(tmp_path), tmp_path / "ev"
+    ev = [sys.executable, str(BENCH / "evidence.py")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    common = ["--out", str(out), "--data-root", str(root)]
+
+    def run(*args):
+        res = subprocess.run(
+            [*ev, *args], capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout
+
+    run(
+        "condense",
+        *common,
+        "--rows",
+        "random",
+        "dm",
+        "ddm",
+        "--seeds",
+        "0",
+        "1",
+        "--ipc",
+        "1",
+        "--iterations",
+        "3",
+        "--snapshots",
+        "1",
+        "--batch-real",
+        "4",
+    )
+    from ddm.io import load_synthetic, read_json
+
+    for row in ("dm", "ddm"):
+        for seed in (0, 1):
+            folder = out / row / f"s{seed}"
+            assert read_json(folder / "it1" / "meta.json")["iterations"] == 1
+            final = load_synthetic(folder / "it3")
+            assert torch.equal(final.images, load_synthetic(folder).images)
+            assert not torch.equal(final.images, load_synthetic(folder / "it1").images)
+    run("evaluate", *common, "--all-snapshots", "--epochs", "2", "--runs", "2")
+    table = run(
+        "report",
+        *common,
+        "--epochs",
+        "2",
+        "--runs",
+        "2",
+        "--results",
+        str(tmp_path / "res" / "a"),
+        "--figure",
+        str(tmp_path / "b.png"),
+    )
+    for row in ("random", "dm", "ddm"):
+        assert f"| {row} |" in table
+    summary = read_json(tmp_path / "res" / "a.json")["rows"]
+    assert summary["dm"]["convnet"]["n"] == 4 and summary["dm"]["convnet"]["iterations"] == 3
+    assert set(summary["ddm"]["convnet"]["per_seed"]) == {"0", "1"}
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_term_scales_reports_every_active_term(tmp_path):
+    from ddm.condense import condense
+    from ddm.config import CondenseConfig
+
+    root = _cifar(tmp_path)
+    cfg = CondenseConfig(
+        dataset="cifar10",
+        data_root=str(root),
+        ipc=2,
+        method="ddm",
+        form="released",
+        iterations=1,
+        batch_real=3,
+        w_sd=1.0,
+    )
+    condense(cfg, tmp_path / "run", progress=False)
+    cmd = [sys.executable, str(BENCH / "term_scales.py"), str(tmp_path / "run"), "--steps", "1"]
+    cmd += ["--json", str(tmp_path / "t.json")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    terms = json.loads((tmp_path / "t.json").read_text())[str(tmp_path / "run")]["terms"]
+    assert set(terms) == {"mmd", "mm", "cm", "cd", "sd"}
+    assert terms["mmd"]["cos"] == pytest.approx(1.0, abs=1e-5)
+    for name in ("mm", "cm", "cd", "sd"):
+        assert terms[name]["grad"] > 0 and -1 <= terms[name]["cos"] <= 1

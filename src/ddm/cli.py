@@ -370,15 +370,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_store
+
+    prepare_store(
+        args.src,
+        args.out,
+        args.image_size,
+        val_labels=args.val_labels,
+        classes=args.classes,
+        name=args.name,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"use it with: --dataset store --data-root {args.out}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
 
-    for name in available_presets():
+    names = available_presets()
+    width = max(map(len, names))
+    for name in names:
         preset = load_preset(name)
-        print(f"{name:<26} {preset['description']}")
+        print(f"{name:<{width}} {preset['description']}")
         if args.verbose:
-            print(f"{'':<26} settings: {preset['settings']}")
-            print(f"{'':<26} source: {preset['source']}")
+            print(f"{'':<{width}} settings: {preset['settings']}")
+            print(f"{'':<{width}} source: {preset['source']}")
     return 0
 
 
@@ -531,6 +550,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-expand", action="store_true", help="IDM: the stored, not expanded, images")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "prepare",
+        help="turn a class-folder tree (ImageNet-1K, ImageNette, any image folder) into a "
+        "dataset store read from disk on demand (--dataset store --data-root STORE)",
+    )
+    p.add_argument("--src", required=True, help="folder with train/<class>/ and val/ (or test/)")
+    p.add_argument("--out", required=True, help="store folder to write (rerun to continue it)")
+    p.add_argument("--image-size", type=int, required=True, help="resize + centre-crop target")
+    p.add_argument(
+        "--val-labels",
+        default=None,
+        metavar="FILE",
+        help="labels of a flat val/ folder: '<file> <class>' lines, or Kaggle's "
+        "LOC_val_solution.csv (found beside --src without this flag)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="only these classes, in this order: a comma list or a file of names (e.g. wnids)",
+    )
+    p.add_argument("--name", default=None, help="the store's name in its index (default: --src's)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores+2)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("presets", help="list the published settings usable with --preset")
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
