@@ -165,3 +165,31 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
     assert summary["dm"]["convnet"]["n"] == 4 and summary["dm"]["convnet"]["iterations"] == 3
     assert set(summary["ddm"]["convnet"]["per_seed"]) == {"0", "1"}
     assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_term_scales_reports_every_active_term(tmp_path):
+    from ddm.condense import condense
+    from ddm.config import CondenseConfig
+
+    root = _cifar(tmp_path)
+    cfg = CondenseConfig(
+        dataset="cifar10",
+        data_root=str(root),
+        ipc=2,
+        method="ddm",
+        form="released",
+        iterations=1,
+        batch_real=3,
+        w_sd=1.0,
+    )
+    condense(cfg, tmp_path / "run", progress=False)
+    cmd = [sys.executable, str(BENCH / "term_scales.py"), str(tmp_path / "run"), "--steps", "1"]
+    cmd += ["--json", str(tmp_path / "t.json")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    terms = json.loads((tmp_path / "t.json").read_text())[str(tmp_path / "run")]["terms"]
+    assert set(terms) == {"mmd", "mm", "cm", "cd", "sd"}
+    assert terms["mmd"]["cos"] == pytest.approx(1.0, abs=1e-5)
+    for name in ("mm", "cm", "cd", "sd"):
+        assert terms[name]["grad"] > 0 and -1 <= terms[name]["cos"] <= 1

@@ -5,12 +5,16 @@ error a user can cause ends in one clear line on stderr and exit status 2 (1 for
 run), never a traceback. ``--config FILE`` (condense, evaluate, baseline, continual) fills in
 settings from a YAML or JSON file before the flags given on the command line
 (``ddm.configfile``).
+
+Under torchrun (``torchrun --nproc-per-node N -m ddm condense|evaluate ...``) the same
+commands run on every rank; ``ddm.distributed`` decides who does what, rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -188,11 +192,12 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
 
 
 def cmd_condense(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .condense import condense
 
     cfg = _condense_config(args)
     condense(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(_summary(Path(args.out)))
+    dist.echo(_summary(Path(args.out)))
     return 0
 
 
@@ -238,6 +243,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .data import load_dataset
     from .evaluate import evaluate_run, evaluate_set, record_metrics
     from .interop import import_set, is_run_folder
@@ -277,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 pixels=args.syn_pixels,
             )
             out = Path(args.out) if args.out else _external_out(path)
-            _write_imported(out, path, syn)
+            dist.on_main(_write_imported, out, path, syn)
             imported[path] = (syn, out)
         elif dataset is not None and _run_dataset(path) != dataset.name:
             raise ValueError(
@@ -287,14 +293,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path in imported:
             syn, out = imported[path]
             result = evaluate_set(syn, dataset, cfg, progress=not args.quiet)
-            record_metrics(out, result, cfg)
+            dist.on_main(record_metrics, out, result, cfg)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
                 path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
-        print(
+        dist.echo(
             f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
@@ -373,15 +379,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_store
+
+    prepare_store(
+        args.src,
+        args.out,
+        args.image_size,
+        val_labels=args.val_labels,
+        classes=args.classes,
+        name=args.name,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"use it with: --dataset store --data-root {args.out}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .config import available_presets, load_preset
 
-    for name in available_presets():
+    names = available_presets()
+    width = max(map(len, names))
+    for name in names:
         preset = load_preset(name)
-        print(f"{name:<26} {preset['description']}")
+        print(f"{name:<{width}} {preset['description']}")
         if args.verbose:
-            print(f"{'':<26} settings: {preset['settings']}")
-            print(f"{'':<26} source: {preset['source']}")
+            print(f"{'':<{width}} settings: {preset['settings']}")
+            print(f"{'':<{width}} source: {preset['source']}")
     return 0
 
 
@@ -535,6 +560,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser(
+        "prepare",
+        help="turn a class-folder tree (ImageNet-1K, ImageNette, any image folder) into a "
+        "dataset store read from disk on demand (--dataset store --data-root STORE)",
+    )
+    p.add_argument("--src", required=True, help="folder with train/<class>/ and val/ (or test/)")
+    p.add_argument("--out", required=True, help="store folder to write (rerun to continue it)")
+    p.add_argument("--image-size", type=int, required=True, help="resize + centre-crop target")
+    p.add_argument(
+        "--val-labels",
+        default=None,
+        metavar="FILE",
+        help="labels of a flat val/ folder: '<file> <class>' lines, or Kaggle's "
+        "LOC_val_solution.csv (found beside --src without this flag)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="only these classes, in this order: a comma list or a file of names (e.g. wnids)",
+    )
+    p.add_argument("--name", default=None, help="the store's name in its index (default: --src's)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores+2)")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("presets", help="list the published settings usable with --preset")
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
     p.set_defaults(func=cmd_presets)
@@ -609,19 +658,31 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Commands that run under torchrun with several processes (the others would race on files).
+DISTRIBUTED_COMMANDS = ("condense", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import distributed as dist
     from .condense import NonFiniteLossError
     from .data import DatasetError
     from .io import RunFolderError
 
+    # under torchrun every rank reports its own errors; the same error shows once per rank
+    who = f"ddm[rank {os.environ.get('RANK', '0')}]" if dist.requested_world_size() > 1 else "ddm"
     try:
         args = parse_command_line(argv)
+        if dist.requested_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(
+                f"`ddm {args.command}` runs in one process; under torchrun only "
+                f"{' and '.join(DISTRIBUTED_COMMANDS)} are spread over processes"
+            )
         return args.func(args)
     except NonFiniteLossError as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, DatasetError, RunFolderError) as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
@@ -631,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class Stream:
     """Generator stream ids (the second key of ``seed_for``)."""
 
     INIT = 0  # condensation: initial images (= the random-subset baseline's draw)
-    ITER = 1  # condensation: per-iteration real batches and DSA draws
+    ITER = 1  # condensation: real batch and DSA draw of (iteration, class)
     NET = 2  # condensation: network initialisation (per iteration for DM, per queue model for IDM)
     QUEUE = 3  # IDM: which queue model matches an iteration
     QUEUE_TRAIN = 4  # IDM: which queue models are trained, and their real batches
