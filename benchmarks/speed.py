@@ -20,6 +20,18 @@ IDM base, default form), ddm-paper-idm, ddm-released-idm, reference-style.
 ddm, ...), so a busy machine slows every method alike and the ratios stay meaningful:
 
     python benchmarks/speed.py --paired --ipc 10 --methods dm ddm-paper ddm-released --iters 5
+
+Every claim is a ratio to the hardware: ``--paired`` first measures this machine's matmul
+throughput (GFLOPS, 2048 x 2048, float32 and bf16), counts each method's FLOPs in one iteration
+(``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) and
+prints, beside the seconds per iteration, the *floor* = FLOPs / peak of the precision used.
+``--precision fp32 bf16`` times every method in each precision (interleaved as well; ``auto``
+is resolved by ``ddm.runtime``). ``--eval`` times the evaluation protocol instead: seconds per
+training epoch (ConvNet, 10 x ipc images, batch 256) and per test pass, in each precision:
+
+    python benchmarks/speed.py --paired --ipc 10 --methods dm ddm-paper ddm-released \
+        --precision fp32 bf16 --iters 3 --threads 1
+    python benchmarks/speed.py --eval --ipc 10 --precision fp32 bf16 --threads 1
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -113,7 +126,28 @@ METHODS = {
 }
 
 
-def _make_run(args, name: str, ipc: int, dataset):
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
+    """This machine's matmul throughput in ``dtype`` (best of ``reps`` n x n products)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(fn) -> tuple[float, object]:
+    """FLOPs of one call of ``fn`` (convolutions and matrix products) and its result."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return float(counter.get_total_flops()), out
+
+
+def _make_run(args, name: str, ipc: int, dataset, precision: str | None = None):
     from ddm.condense import _Run
     from ddm.config import CondenseConfig, parse_overrides
 
@@ -123,6 +157,8 @@ def _make_run(args, name: str, ipc: int, dataset):
     extra = dict(extra)
     if getattr(args, "compile", False):
         extra["compile"] = True
+    if precision is not None:
+        extra["precision"] = precision
     extra.update(parse_overrides(args.set))  # CondenseConfig fields, KEY=VALUE
     cfg = CondenseConfig(
         dataset="cifar10",
@@ -145,26 +181,104 @@ def paired(args) -> None:
     torch.set_num_threads(args.threads)
     tune_allocator()
     dataset = load_dataset("cifar10", args.data_root)
+    peak = _print_peaks(args.threads)
     for ipc in args.ipc:
-        runs = {m: _make_run(args, m, ipc, dataset) for m in args.methods}
-        for run in runs.values():
-            run.step()  # warm-up
-        times: dict[str, list[float]] = {m: [] for m in runs}
+        runs, flops = {}, {}
+        for p in args.precision:
+            for m in args.methods:
+                runs[(m, p)] = _make_run(args, m, ipc, dataset, p)
+        for key, run in runs.items():
+            flops[key] = count_flops(run.step)[0]  # the warm-up iteration, counted
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
         for _ in range(args.iters):
-            for m, run in runs.items():
+            for key, run in runs.items():
                 t0 = time.perf_counter()
                 run.step()
-                times[m].append(time.perf_counter() - t0)
-        base = sum(times[args.methods[0]]) / args.iters
+                times[key].append(time.perf_counter() - t0)
+        first = next(iter(runs))
+        base = sum(times[first]) / args.iters
         print(
             f"\nCIFAR-10, ipc {ipc}, batch_real {args.batch_real}, {args.threads} threads, "
-            f"{args.iters} interleaved iterations per method after one warm-up (one process)\n"
+            f"{args.iters} interleaved iterations per row after one warm-up (one process); "
+            "floor = FLOPs / matmul peak of the precision\n"
         )
-        print(f"| method | s / iteration | vs {args.methods[0]} |")
-        print("|---|---|---|")
-        for m, ts in times.items():
+        print(
+            f"| method | precision | s / iteration | vs {first[0]} ({first[1]}) | "
+            "GFLOP / iteration | floor (s) | ratio to floor |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for key, ts in times.items():
+            used = runs[key].cfg.precision  # resolved
             sec = sum(ts) / len(ts)
-            print(f"| {m} | {sec:.2f} | {sec / base:.2f}x |")
+            floor = flops[key] / (peak[used] * 1e9)
+            print(
+                f"| {key[0]} | {used} | {sec:.2f} | {sec / base:.2f}x | {flops[key] / 1e9:.0f} | "
+                f"{floor:.2f} | {sec / floor:.1f}x |"
+            )
+
+
+def _print_peaks(threads: int) -> dict[str, float]:
+    from ddm.runtime import bf16_fast
+
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    units = "has" if bf16_fast(torch.device("cpu")) else "lacks"
+    print(
+        f"matmul peak, {threads} threads, torch {torch.__version__}: "
+        f"float32 {peak['fp32']:.0f} GFLOPS, bf16 {peak['bf16']:.0f} GFLOPS "
+        f"(this CPU {units} bf16 units; precision auto -> "
+        f"{'bf16' if units == 'has' else 'fp32'})"
+    )
+    return peak
+
+
+def eval_speed(args) -> None:
+    """The evaluation protocol's cost per precision: seconds per epoch and per test pass."""
+    from ddm.config import EvalConfig
+    from ddm.data import load_dataset
+    from ddm.evaluate import accuracy, train_and_test
+    from ddm.models import build_model
+    from ddm.runtime import resolve_precision, tune_allocator
+
+    torch.set_num_threads(args.threads)
+    tune_allocator()
+    dataset = load_dataset("cifar10", args.data_root)
+    peak = _print_peaks(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    ipc = args.ipc[0]
+    x = torch.cat([dataset.class_batch(c, ipc, gen) for c in range(dataset.num_classes)])
+    y = torch.arange(dataset.num_classes).repeat_interleave(ipc)
+    test_x, test_y = dataset.test_tensors()
+    cpu = torch.device("cpu")
+    rows = []
+    for p in args.precision:
+        used = resolve_precision(p, cpu)
+        cfg = EvalConfig(epochs=args.eval_epochs, runs=1, device="cpu", precision=used)
+        kw = {"num_classes": dataset.num_classes, "strategy": dataset.dsa_strategy, "cfg": cfg}
+        train_and_test(x, y, x[:1], y[:1], **{**kw, "cfg": EvalConfig(epochs=1, precision=used)})
+        t0 = time.perf_counter()  # the test set is one image here: training time only
+        train_and_test(x, y, x[:1], y[:1], **kw)
+        epoch = (time.perf_counter() - t0) / args.eval_epochs
+        net = build_model("convnet", dataset.channels, dataset.num_classes, 32)
+        # FLOPs of a test pass: those of its first 1,000 images, scaled
+        one_batch = partial(accuracy, net, test_x[:1000], test_y[:1000], cpu, 1000, used)
+        flops = count_flops(one_batch)[0] * len(test_x) / 1000
+        t0 = time.perf_counter()
+        accuracy(net, test_x, test_y, cpu, precision=used)
+        test = time.perf_counter() - t0
+        rows.append((used, epoch, test, test / (flops / (peak[used] * 1e9))))
+    print(
+        f"\nEvaluation protocol, CIFAR-10 ConvNet, {len(x)} training images, batch 256, "
+        f"{args.threads} threads; per epoch: mean of {args.eval_epochs} epochs after one; "
+        f"test: one pass over {len(test_x)} images\n"
+    )
+    print(
+        "| precision | s / epoch | test pass (s) | test pass / floor | "
+        "1,000 epochs x 5 models (min) |"
+    )
+    print("|---|---|---|---|---|")
+    for used, epoch, test, ratio in rows:
+        total = 5 * (1000 * epoch + test) / 60
+        print(f"| {used} | {epoch:.3f} | {test:.2f} | {ratio:.1f}x | {total:.1f} |")
 
 
 def one(args) -> dict:
@@ -220,12 +334,23 @@ def main() -> None:
         help="a CondenseConfig field for every row, e.g. model_train_steps=5 (repeatable)",
     )
     p.add_argument("--paired", action="store_true", help="interleave methods in one process")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        help="--paired / --eval: auto | fp32 | bf16, each timed (default fp32)",
+    )
+    p.add_argument("--eval", action="store_true", help="time the evaluation protocol instead")
+    p.add_argument("--eval-epochs", type=int, default=10, help="--eval: epochs timed")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--ipc-one", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args)))
+        return
+    if args.eval:
+        eval_speed(args)
         return
     if args.paired:
         paired(args)

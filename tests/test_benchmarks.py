@@ -79,7 +79,28 @@ def test_speed_paired_times_forms_in_one_process(tmp_path):
         ln for ln in out.stdout.splitlines() if ln.startswith("| ddm") or ln.startswith("| dm")
     ]
     assert [ln.split("|")[1].strip() for ln in lines] == ["dm", "ddm-paper", "ddm-released"]
-    assert lines[0].split("|")[3].strip() == "1.00x"
+    assert lines[0].split("|")[4].strip() == "1.00x"
+    assert "matmul peak" in out.stdout
+    gflop = [float(ln.split("|")[5]) for ln in lines]  # counted FLOPs: DDM adds its Grams
+    assert gflop[1] > gflop[0] and gflop[2] > gflop[0]
+
+
+def test_speed_paired_precisions_and_eval(tmp_path):
+    root = str(_cifar(tmp_path))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCH / "speed.py"), "--ipc", "1", "--threads", "1"]
+    cmd += ["--data-root", root, "--precision", "fp32", "bf16"]
+    paired = cmd + ["--paired", "--methods", "dm", "--batch-real", "4", "--iters", "1"]
+    out = subprocess.run(paired, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln.split("|")[2].strip() for ln in out.stdout.splitlines() if ln.startswith("| dm")]
+    assert rows == ["fp32", "bf16"]
+    out = subprocess.run(
+        cmd + ["--eval", "--eval-epochs", "1"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln for ln in out.stdout.splitlines() if ln.startswith(("| fp32", "| bf16"))]
+    assert len(rows) == 2
 
 
 def test_evidence_condense_snapshots_evaluate_report(tmp_path):

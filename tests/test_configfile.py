@@ -35,7 +35,8 @@ def test_file_sits_between_preset_and_flags(tmp_path):
     cfg = _condense_config(args)
     assert (cfg.batch_real, cfg.iterations, cfg.method) == (16, 3, "ddm")
     assert cfg.ipc == 3  # the explicit flag wins over the file
-    assert cfg.w_mm == 1e4 and isinstance(cfg.w_mm, float) and cfg.dsa is False and cfg.bf16
+    assert cfg.w_mm == 1e4 and isinstance(cfg.w_mm, float) and cfg.dsa is False
+    assert cfg.precision == "bf16"  # the deprecated bf16 switch
     # preset < file < flags
     args = parse_command_line(
         ["condense", "--preset", "idm-cifar10-ipc1", "--config", cfg_file, "--out", "x"]

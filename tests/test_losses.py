@@ -401,3 +401,91 @@ def test_style_spread_hand_value_and_zero_for_one_image():
     expected = 0.5 * ((math.sqrt(0.5) - math.sqrt(2)) ** 2 / (2 + 1e-8) + 0.0)
     assert style_spread_loss([real], [syn]).item() == pytest.approx(expected, rel=1e-5)
     assert style_spread_loss([real], [syn[:1]]).item() == 0.0
+
+
+# --- the real batch's mean Gram matrix (issue 11) ---------------------------------------------
+
+
+def _old_mean_gram(maps):
+    """The previous implementation: per-sample Grams, then their mean."""
+    n, c, h, w = maps.shape
+    flat = maps.reshape(n, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)).mean(dim=0) / (c * h * w)
+
+
+def test_mean_gram_equals_the_old_form_and_the_naive_loop():
+    from ddm.losses import mean_gram
+
+    g = torch.Generator().manual_seed(1)
+    maps = torch.randn(7, 5, 4, 3, generator=g)
+    naive = torch.stack(
+        [(x.reshape(5, -1).double() @ x.reshape(5, -1).double().T) / x.numel() for x in maps]
+    ).mean(0)
+    fast = mean_gram(maps)
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, _old_mean_gram(maps), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.double(), naive, rtol=1e-5, atol=1e-6)
+    assert mean_gram(maps.double()).dtype == torch.float64  # wider inputs keep their type
+
+
+def test_mean_gram_in_bf16_accumulates_in_float32():
+    from ddm.losses import mean_gram
+
+    g = torch.Generator().manual_seed(2)
+    maps = torch.randn(64, 16, 8, 8, generator=g)
+    exact = _old_mean_gram(maps.double())
+    for low in (mean_gram(maps, torch.bfloat16), mean_gram(maps.bfloat16())):
+        assert low.dtype == torch.float32
+        err = (low.double() - exact).abs().max() / exact.abs().max()
+        assert err < 5e-3  # bf16 inputs: ~3e-4 measured at 256 x 128 x 32 x 32
+
+
+def test_mean_gram_keeps_gradients():
+    from ddm.losses import mean_gram
+
+    maps = torch.randn(3, 4, 2, 2, requires_grad=True)
+    mean_gram(maps).sum().backward()
+    assert maps.grad is not None and torch.isfinite(maps.grad).all()
+
+
+def test_persample_moments_without_autograd_equal_var_mean():
+    from ddm.losses import persample_moments
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(5, 6, 7, 7, generator=g) * 2 + 0.5
+    var, mu = torch.var_mean(maps.double().flatten(2), dim=2, correction=0)
+    sigma = torch.sqrt(var + 1e-5)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        with torch.no_grad():
+            got_mu, got_s = persample_moments(maps.to(dtype))
+        assert got_mu.dtype == dtype
+        torch.testing.assert_close(got_mu.double(), mu, rtol=tol, atol=tol)
+        torch.testing.assert_close(got_s.double(), sigma, rtol=tol, atol=tol)
+    low = maps.bfloat16()  # bf16 maps: float32 statistics of the bf16 values
+    var, mu = torch.var_mean(low.double().flatten(2), dim=2, correction=0)
+    with torch.no_grad():
+        got_mu, got_s = persample_moments(low)
+    assert got_mu.dtype == torch.float32 and got_s.dtype == torch.float32
+    torch.testing.assert_close(got_mu.double(), mu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_s.double(), torch.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
+    # with autograd: the differentiable path, same values
+    x = maps.clone().requires_grad_(True)
+    g_mu, g_s = persample_moments(x)
+    (g_mu.sum() + g_s.sum()).backward()
+    assert x.grad is not None
+    torch.testing.assert_close(g_s.detach().double(), sigma, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
+    from ddm.losses import conv_mean_gram, mean_gram
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, 9, 8, generator=g, dtype=torch.float64)
+    for kernel, padding in ((3, 1), (3, 0), ((3, 5), (1, 2))):
+        conv = torch.nn.Conv2d(3, 16, kernel, padding=padding, bias=bias).double()
+        with torch.no_grad():
+            expected = mean_gram(conv(x))
+            got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist
 from .config import CondenseConfig
 from .data import Dataset
 from .io import expand
@@ -125,6 +126,10 @@ class IDMBase(DMBase):
     networks are trained ``model_train_steps`` SGD steps on random real batches (no
     augmentation), each with its own persistent optimiser. A network's running training
     accuracy (percent, over its latest training call; 0 before any) scales the CE term.
+
+    Under torchrun every rank draws the same batches and trains its share of each through
+    DistributedDataParallel (gradients averaged over ranks, the loss scaled so that the step is
+    the whole batch's mean), so every rank keeps the same queue.
     """
 
     per_class_steps = True
@@ -132,12 +137,18 @@ class IDMBase(DMBase):
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, device: torch.device) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
         self.factor = cfg.factor
+        if cfg.model_batch < dist.world_size():
+            raise ValueError(
+                f"--model-batch {cfg.model_batch} is smaller than the {dist.world_size()} "
+                "processes that share each queue-training batch; raise it"
+            )
         self.nets: list[nn.Module] = []
         self.opts: list[torch.optim.Optimizer] = []
         self.ids: list[int] = []
         self.accs: list[float] = []
         self.next_id = 0
         self.current = 0
+        self.parallel: dict[int, nn.Module] = {}  # queue id -> its DDP wrapper (torchrun)
         for _ in range(cfg.net_init):
             self._push()
 
@@ -157,6 +168,7 @@ class IDMBase(DMBase):
         if len(self.nets) > self.cfg.net_num:
             for seq in (self.nets, self.opts, self.ids, self.accs):
                 seq.pop(0)
+            self.parallel = {k: v for k, v in self.parallel.items() if k in self.ids}
 
     def network(self, iteration: int) -> nn.Module:
         if iteration > 0 and iteration % self.cfg.net_generate_interval == 0:
@@ -180,22 +192,28 @@ class IDMBase(DMBase):
         gen = generator(self.cfg.seed, Stream.QUEUE_TRAIN, iteration)
         picks = torch.randperm(len(self.nets), generator=gen)[: self.cfg.fetch_net_num].tolist()
         train = self.dataset.train
+        batch = self.cfg.model_batch
+        share = dist.shard(batch)  # this rank's slice of every (global) batch
         for i in picks:
             net, opt = self.nets[i], self.opts[i]
             net.train().requires_grad_(True)
-            correct = seen = 0
+            if self.ids[i] not in self.parallel:  # one wrapper per model: its hooks stay
+                self.parallel[self.ids[i]] = dist.data_parallel(net)  # net in one process
+            model = self.parallel[self.ids[i]]
+            counts = torch.zeros(2, dtype=torch.float64)  # correct, seen
             for _ in range(self.cfg.model_train_steps):
-                idx = torch.randint(len(train), (self.cfg.model_batch,), generator=gen)
+                idx = torch.randint(len(train), (batch,), generator=gen)[share.start : share.stop]
                 x = self.dataset.normalize(train.images[idx]).to(self.device)
                 y = train.labels[idx].to(self.device)
-                out = net(x)
-                loss = F.cross_entropy(out, y)
+                out = model(x)
+                # the mean over the whole batch: DDP averages the ranks' gradients, hence x world
+                loss = F.cross_entropy(out, y, reduction="sum") * (dist.world_size() / batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                correct += int((out.argmax(1) == y).sum())
-                seen += len(y)
+                counts += torch.tensor([float((out.argmax(1) == y).sum()), float(len(y))])
             net.requires_grad_(False)
+            correct, seen = dist.all_reduce_sum(counts.to(self.device)).tolist()
             self.accs[i] = 100.0 * correct / seen
         return time.perf_counter() - t0
 
@@ -216,6 +234,7 @@ class IDMBase(DMBase):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         q = json.loads(meta["queue"])
         self.nets, self.opts, self.ids, self.accs = [], [], [], []
+        self.parallel = {}
         for slot, net_id in enumerate(q["ids"]):
             self.next_id = net_id
             self._push()

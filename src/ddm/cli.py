@@ -5,12 +5,16 @@ error a user can cause ends in one clear line on stderr and exit status 2 (1 for
 run), never a traceback. ``--config FILE`` (condense, evaluate, baseline, continual) fills in
 settings from a YAML or JSON file before the flags given on the command line
 (``ddm.configfile``).
+
+Under torchrun (``torchrun --nproc-per-node N -m ddm condense|evaluate ...``) the same
+commands run on every rank; ``ddm.distributed`` decides who does what, rank 0 prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +76,7 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("model-train-steps", int, "IDM SGD steps per trained queue model"),
     ("model-batch", int, "IDM real images per queue-training step"),
     ("model-lr", float, "IDM queue-model learning rate"),
+    ("precision", str, "auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units)"),
     ("device", str, "auto | cpu | cuda[:N]"),
     ("checkpoint-every", int, "iterations between checkpoints (0: only at the end)"),
     ("real-chunk", int, "real images per no-grad forward (0: automatic)"),
@@ -94,7 +99,7 @@ def _add_condense_flags(p: argparse.ArgumentParser) -> None:
             f"--{flag}", type=kind, default=argparse.SUPPRESS, help=f"{text} (default: {shown})"
         )
     for flag, text in (
-        ("bf16", "bf16 autocast (GPU)"),
+        ("bf16", "deprecated: --precision bf16"),
         ("channels-last", "channels-last memory format"),
         ("compile", "torch.compile the matching network"),
     ):
@@ -110,6 +115,8 @@ def _condense_config(args: argparse.Namespace):
         values.update(load_preset(args.preset)["settings"])
     names = {f.name for f in dataclasses.fields(CondenseConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    if getattr(args, "bf16", False) and "precision" not in vars(args):  # deprecated alias
+        values["precision"] = "bf16"
     return config_from_dict(CondenseConfig, values)
 
 
@@ -123,6 +130,7 @@ def _eval_config(args: argparse.Namespace):
         runs=args.runs,
         seed=args.eval_seed,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -145,6 +153,11 @@ def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
         help="models trained (%(default)s)",
     )
     p.add_argument("--eval-seed", type=int, default=d.seed, help="(%(default)s)")
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units; %(default)s)",
+    )
 
 
 def _summary(folder: Path) -> str:
@@ -179,11 +192,12 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
 
 
 def cmd_condense(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .condense import condense
 
     cfg = _condense_config(args)
     condense(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(_summary(Path(args.out)))
+    dist.echo(_summary(Path(args.out)))
     return 0
 
 
@@ -229,6 +243,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed as dist
     from .data import load_dataset
     from .evaluate import evaluate_run, evaluate_set, record_metrics
     from .interop import import_set, is_run_folder
@@ -268,7 +283,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 pixels=args.syn_pixels,
             )
             out = Path(args.out) if args.out else _external_out(path)
-            _write_imported(out, path, syn)
+            dist.on_main(_write_imported, out, path, syn)
             imported[path] = (syn, out)
         elif dataset is not None and _run_dataset(path) != dataset.name:
             raise ValueError(
@@ -278,14 +293,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path in imported:
             syn, out = imported[path]
             result = evaluate_set(syn, dataset, cfg, progress=not args.quiet)
-            record_metrics(out, result, cfg)
+            dist.on_main(record_metrics, out, result, cfg)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
                 path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
-        print(
+        dist.echo(
             f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
@@ -643,19 +658,31 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Commands that run under torchrun with several processes (the others would race on files).
+DISTRIBUTED_COMMANDS = ("condense", "evaluate")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import distributed as dist
     from .condense import NonFiniteLossError
     from .data import DatasetError
     from .io import RunFolderError
 
+    # under torchrun every rank reports its own errors; the same error shows once per rank
+    who = f"ddm[rank {os.environ.get('RANK', '0')}]" if dist.requested_world_size() > 1 else "ddm"
     try:
         args = parse_command_line(argv)
+        if dist.requested_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(
+                f"`ddm {args.command}` runs in one process; under torchrun only "
+                f"{' and '.join(DISTRIBUTED_COMMANDS)} are spread over processes"
+            )
         return args.func(args)
     except NonFiniteLossError as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, DatasetError, RunFolderError) as exc:
-        print(f"ddm: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`
         return 0
@@ -665,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ chunks under ``torch.no_grad`` and reduced to those statistics at once. With ins
 every sample is independent and chunks may mix classes; with batch norm all classes go
 through together, as in the reference.
 
-Randomness: every iteration draws from its own generator seeded by (seed, iteration), and the
-network of iteration t is initialised from (seed, t). A checkpoint therefore needs only the
-pixels, the momentum buffer and the iteration, and a resumed run ends exactly where an
-uninterrupted one would.
+Randomness: every class of every iteration draws its real batch and DSA parameters from its
+own generator seeded by (seed, iteration, class), and the network of iteration t is initialised
+from (seed, t). A checkpoint therefore needs only the pixels, the momentum buffer and the
+iteration, and a resumed run ends exactly where an uninterrupted one would.
+
+Several processes (torchrun, ``ddm.distributed``): each rank holds, matches and steps only its
+contiguous block of classes; the network of an iteration is the same on every rank from its
+seed and the per-class draws do not depend on the other classes, so N ranks produce the set
+one process produces. The logged losses are summed over ranks; rank 0 gathers every shard
+into the usual checkpoint (the format of a one-process run, so a run resumes on any number of
+ranks) and writes the outputs.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from . import distributed as dist
 from .augment import DSAParams, apply, sample_params
 from .bases import init_partitioned, make_base
 from .config import CondenseConfig
@@ -52,6 +60,7 @@ from .io import (
     save_tensors,
 )
 from .losses import (
+    conv_mean_gram,
     correlation_from_stats,
     default_icd_k,
     default_spread_rank,
@@ -67,7 +76,7 @@ from .losses import (
     style_spread_from_stats,
 )
 from .models import uses_batchnorm
-from .runtime import Stream, generator, resolve_device, tune_allocator
+from .runtime import Stream, autocast, generator, resolve_precision, tune_allocator
 
 __all__ = [
     "NonFiniteLossError",
@@ -213,13 +222,26 @@ def _features(net: nn.Module, x: torch.Tensor, weights: _Weights):
     return net.embed(x), []
 
 
-def _class_stats(emb: torch.Tensor, maps: list[torch.Tensor], weights: _Weights) -> _RealStats:
+def _class_stats(
+    emb: torch.Tensor,
+    maps: list[torch.Tensor],
+    weights: _Weights,
+    gram_dtype: torch.dtype | None = None,
+    first_gram: torch.Tensor | None = None,
+) -> _RealStats:
+    """One class's statistics, in float32; ``gram_dtype`` (bf16) is the Gram product's input,
+    ``first_gram`` the first layer's mean Gram matrix when already known."""
     stat = _RealStats(
         emb=emb.mean(0),
         map_means=[mean_map(m) for m in maps]
         if weights.w_mm > 0 and weights.moments == "batch"
         else [],
-        grams=[mean_gram(m) for m in maps] if weights.w_cm > 0 else [],
+        grams=[
+            first_gram if i == 0 and first_gram is not None else mean_gram(m, gram_dtype)
+            for i, m in enumerate(maps)
+        ]
+        if weights.w_cm > 0
+        else [],
     )
     if weights.persample:
         for m in maps:
@@ -234,6 +256,22 @@ def _class_stats(emb: torch.Tensor, maps: list[torch.Tensor], weights: _Weights)
     return stat
 
 
+def _input_conv(net: nn.Module, weights: _Weights) -> nn.Conv2d | None:
+    """The convolution whose output is the first style map, when it reads the images and has
+    few inputs per pixel: its mean Gram matrix then comes from the patches (``conv_mean_gram``,
+    far fewer FLOPs than from the maps)."""
+    features = getattr(net, "features", None)
+    if weights.w_cm <= 0 or weights.tap != "conv" or not isinstance(features, nn.Sequential):
+        return None
+    conv = features[0]
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or isinstance(conv.padding, str):
+        return None
+    k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return conv if 2 * k <= conv.out_channels else None
+
+
 def real_statistics(
     net: nn.Module,
     batches: list[torch.Tensor],
@@ -243,14 +281,17 @@ def real_statistics(
     device: torch.device,
     autocast: Any,
     channels_last: bool,
+    gram_dtype: torch.dtype | None = None,
 ) -> list[_RealStats]:
     """Per-class statistics of the augmented real batches, without autograd, in chunks.
 
     ``chunk_images`` bounds the images per forward (whole classes are kept together);
-    0 puts every class in one forward (required for batch norm).
+    0 puts every class in one forward (required for batch norm). Maps stay in the dtype the
+    network gave them (bf16 under autocast); each statistic is computed in float32.
     """
     stats: list[_RealStats] = []
     c, n_classes = 0, len(batches)
+    conv = _input_conv(net, weights)
     with torch.no_grad():
         while c < n_classes:
             group, size = [c], len(batches[c])
@@ -268,9 +309,14 @@ def real_statistics(
                 emb, maps = _features(net, x, weights)
             sizes = [len(batches[k]) for k in group]
             embs = emb.float().split(sizes)
-            per_layer = [m.float().split(sizes) for m in maps]
+            per_layer = [m.split(sizes) for m in maps]
+            inputs = x.split(sizes)
             for i in range(len(group)):
-                stats.append(_class_stats(embs[i], [layer[i] for layer in per_layer], weights))
+                layers = [layer[i] for layer in per_layer]
+                first = None
+                if conv is not None:
+                    first = conv_mean_gram(inputs[i], conv.weight, conv.bias, conv.padding)
+                stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first))
             c += len(group)
     return stats
 
@@ -340,8 +386,20 @@ class _Run:
     """State of one condensation run: pixels, optimiser, base, iteration, outputs."""
 
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
-        self.cfg, self.dataset, self.out = cfg, dataset, out
-        self.device = resolve_device(cfg.device)
+        self.dataset, self.out = dataset, out
+        self.device = dist.resolve_device(cfg.device)
+        dist.init(self.device)
+        # the resolved precision (fp32 | bf16) is the run's setting from here on
+        precision = resolve_precision(cfg.precision, self.device)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
+        if dist.world_size() > dataset.num_classes:
+            raise ValueError(
+                f"{dist.world_size()} processes for {dataset.num_classes} classes: every "
+                "process needs at least one class; start fewer processes"
+            )
+        # this rank's classes (all of them in one process) and their rows of the set
+        self.classes = dist.shard(dataset.num_classes)
+        self.class_counts = dist.shard_counts(dataset.num_classes)
         self.base = make_base(cfg, dataset, self.device)
         self.per_class = cfg.ipc * self.base.factor**2  # images matched per class
         k = cfg.icd_k if cfg.icd_k is not None else default_icd_k(self.per_class)
@@ -365,13 +423,22 @@ class _Run:
             images, self.labels = init_partitioned(dataset, cfg.ipc, self.base.factor, gen)
         else:
             images, self.labels = initial_images(dataset, cfg.ipc, cfg.init, gen)
-        self.images = images.to(self.device).requires_grad_(True)
+        rows = slice(self.classes.start * cfg.ipc, self.classes.stop * cfg.ipc)
+        self.images = images[rows].to(self.device).requires_grad_(True)  # this shard's rows
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.iteration = 0
         probe = self.base.network(0) if cfg.base == "dm" else self.base.nets[0]
         self.batchnorm = uses_batchnorm(probe)
+        if self.batchnorm and dist.world_size() > 1:
+            raise ValueError(
+                f"--model {cfg.model} uses batch norm, whose statistics mix all classes in one "
+                "forward (as the reference does); class sharding over processes would change "
+                "the result. Condense it in one process, or use an instance-norm model"
+            )
         self.chunk = 0 if self.batchnorm else (cfg.real_chunk or _auto_chunk(self.device))
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.autocast = autocast(cfg.precision, self.device)
+        # bf16: the real batch's Gram products too (float32 accumulation and mean)
+        self.gram_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self._compiled: dict[int, nn.Module] = {}
 
     def _forward_net(self, net: nn.Module) -> nn.Module:
@@ -387,11 +454,12 @@ class _Run:
 
     def step(self) -> tuple[float, dict[str, float]]:
         cfg, it, n_classes = self.cfg, self.iteration, self.dataset.num_classes
-        gen = generator(cfg.seed, Stream.ITER, it)
         net = self._forward_net(self.base.network(it))
         size = (self.dataset.image_size, self.dataset.image_size)
-        batches, params = [], []
-        for c in range(n_classes):
+        first = self.classes.start
+        batches, params = [], []  # this rank's classes, each from its own generator
+        for c in self.classes:
+            gen = generator(cfg.seed, Stream.ITER, it, c)
             batches.append(self.dataset.class_batch(c, cfg.batch_real, gen))
             params.append(sample_params(self.strategy, self.per_class, size, gen, siamese=True))
         real = real_statistics(
@@ -403,22 +471,31 @@ class _Run:
             self.device,
             self.autocast,
             cfg.channels_last,
+            self.gram_dtype,
         )
         ce = self.base.ce_weight()
-        if self.base.per_class_steps:  # IDM: one image step per class
+        if self.base.per_class_steps:  # IDM: one image step per class, for every class
             groups = [[c] for c in range(n_classes)]
-        else:  # DM: all classes, one step
-            groups = [list(range(n_classes))]
-        total, terms = 0.0, dict.fromkeys(TERMS, 0.0)
+        else:  # DM: all (of this rank's) classes, one step
+            groups = [list(self.classes)]
+        total, terms, bad = 0.0, dict.fromkeys(TERMS, 0.0), 0.0
         for group in groups:
-            lo, hi = group[0] * cfg.ipc, (group[-1] + 1) * cfg.ipc
-            syn, _ = self.base.expand(self.images[lo:hi], self.labels[lo:hi])
+            self.optimizer.zero_grad(set_to_none=True)
+            if group[0] not in self.classes:
+                # another rank's class (IDM): its step moves this shard's pixels by their
+                # momentum only, exactly as the shared momentum does in one process
+                self.images.grad = torch.zeros_like(self.images)
+                self.optimizer.step()
+                continue
+            lo, hi = (group[0] - first) * cfg.ipc, (group[-1] + 1 - first) * cfg.ipc
+            labels = self.labels[lo + first * cfg.ipc : hi + first * cfg.ipc]
+            syn, _ = self.base.expand(self.images[lo:hi], labels)
             loss, parts = objective(
                 net,
-                [real[c] for c in group],
+                [real[c - first] for c in group],
                 syn,
                 [self.per_class] * len(group),
-                [params[c] for c in group],
+                [params[c - first] for c in group],
                 self.weights,
                 self.autocast,
                 cfg.channels_last,
@@ -426,40 +503,59 @@ class _Run:
                 classes=group,
             )
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"loss became {value} at iteration {it + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(value):  # stop before the bad step; every rank stops below
+                total, bad = value, 1.0
+                break
             loss.backward()
             self.optimizer.step()
             total += value
             for name, v in parts.items():
                 terms[name] += v
+        # the log's sums over all classes, and whether any rank met a NaN/inf
+        summed = dist.all_reduce_sum(
+            torch.tensor([total, *terms.values(), bad], dtype=torch.float64, device=self.device)
+        )
+        total, values = float(summed[0]), summed[1:-1].tolist()
+        if summed[-1] > 0:
+            raise NonFiniteLossError(f"loss became {total} at iteration {it + 1}")
+        terms = dict(zip(terms, values, strict=True))
         terms["queue_s"] = self.base.after_iteration(it)
         self.iteration += 1
         return total, terms
 
     # checkpoints ------------------------------------------------------------------------------
 
+    def _gather(self, part: torch.Tensor) -> torch.Tensor:
+        """The whole set's rows from every rank's shard (collective; ``part`` in one process)."""
+        return dist.gather_rows(part, [k * self.cfg.ipc for k in self.class_counts])
+
+    def _rows(self, full: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a whole-set tensor."""
+        return full[self.classes.start * self.cfg.ipc : self.classes.stop * self.cfg.ipc]
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"images": self.images.detach()}
+        """The checkpoint's tensors, whole set (collective: every rank must call it)."""
+        tensors = {"images": self._gather(self.images.detach())}
         buf = self.optimizer.state.get(self.images, {}).get("momentum_buffer")
         if buf is not None:
-            tensors["momentum"] = buf
+            tensors["momentum"] = self._gather(buf)
         return {**tensors, **self.base.state_tensors()}
 
     def load_state(
         self, tensors: dict[str, torch.Tensor], iteration: int, meta: dict[str, str]
     ) -> None:
+        """Continue from a checkpoint of a run on any number of ranks (it holds the whole set)."""
         with torch.no_grad():
-            self.images.copy_(tensors["images"].to(self.device))
+            self.images.copy_(self._rows(tensors["images"]).to(self.device))
         if "momentum" in tensors:
             self.optimizer.state[self.images]["momentum_buffer"] = (
-                tensors["momentum"].to(self.device).clone()
+                self._rows(tensors["momentum"]).to(self.device).clone()
             )
         self.base.load_state(tensors, meta)
         self.iteration = iteration
 
     def synthetic(self) -> SyntheticSet:
+        """The current set, whole (collective: every rank must call it)."""
         d = self.dataset
         meta = {
             "dataset": d.name,
@@ -478,21 +574,29 @@ class _Run:
             "iterations_planned": self.cfg.iterations,
             "expansion_factor": self.base.factor,
             "dsa_strategy": self.strategy,
+            "precision": self.cfg.precision,
             "version": __version__,
         }
-        return SyntheticSet(self.images.detach().cpu().clone(), self.labels.clone(), meta)
+        images = self._gather(self.images.detach())
+        return SyntheticSet(images.cpu().clone(), self.labels.clone(), meta)
 
     def save(self) -> None:
-        """Checkpoint + current set + grid; each file atomic, checkpoint first."""
+        """Checkpoint + current set + grid; each file atomic, checkpoint first.
+
+        Every rank gathers; rank 0 writes (an error there stops every rank).
+        """
         if self.out is None:
             return
+        tensors, syn = self.state_tensors(), self.synthetic()
+        dist.on_main(self._write, tensors, syn)
+
+    def _write(self, tensors: dict[str, torch.Tensor], syn: SyntheticSet) -> None:
         meta = {
             "iteration": str(self.iteration),
             "config": json.dumps(self.cfg.to_dict()),
             **self.base.state_meta(),
         }
-        save_tensors(self.out / CHECKPOINT_FILE, self.state_tensors(), meta)
-        syn = self.synthetic()
+        save_tensors(self.out / CHECKPOINT_FILE, tensors, meta)
         save_synthetic(self.out, syn)
         save_grid(self.out / GRID_FILE, syn.denormalized(), syn.labels)
         try:  # log.csv is line-buffered, so it holds every finished iteration
@@ -512,6 +616,8 @@ def _auto_chunk(device: torch.device) -> int:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
+    # runs from before --precision saved a bf16 switch instead
+    saved = {"precision": "bf16" if saved.get("bf16") else "fp32", **saved}
     now = cfg.to_dict()
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now[k]!r}"
@@ -594,10 +700,11 @@ def condense(
     cfg = config.resolved()
     tune_allocator()
     out_path = Path(out) if out is not None else None
+    dist.init(dist.resolve_device(cfg.device))  # a no-op unless torchrun started several
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     if out_path is not None:
-        prepare_run_folder(out_path, resume=resume, overwrite=overwrite)
+        dist.on_main(prepare_run_folder, out_path, resume=resume, overwrite=overwrite)
     run = _Run(cfg, dataset, out_path)
     if resume and out_path is not None:
         tensors = load_tensors(out_path / CHECKPOINT_FILE)
@@ -605,10 +712,11 @@ def condense(
 
         with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
             header = f.metadata() or {}
-        _check_resumable(json.loads(header.get("config", "{}")), cfg)
+        _check_resumable(json.loads(header.get("config", "{}")), run.cfg)
         run.load_state(tensors, int(header.get("iteration", 0)), header)
     if out_path is not None:
-        atomic_write_json(out_path / CONFIG_FILE, {**cfg.to_dict(), "version": __version__})
+        settings = {**run.cfg.to_dict(), "version": __version__}
+        dist.on_main(atomic_write_json, out_path / CONFIG_FILE, settings)
         if run.iteration == 0:
             run.save()  # iteration 0: the initial images are the first good checkpoint
     if cfg.w_icd > 0 and run.weights.icd_k <= 0:
@@ -616,8 +724,8 @@ def condense(
     if (cfg.w_cd > 0 or cfg.w_sd > 0) and run.per_class < 2:
         _notice("ipc = 1: the spread terms (L_CD, L_SD) have no spread to match and contribute 0")
 
-    log = _Log(out_path / LOG_FILE if out_path else None, run.iteration)
-    bar = _progress(cfg.iterations, run.iteration, progress)
+    log = _Log(out_path / LOG_FILE if out_path and dist.is_main() else None, run.iteration)
+    bar = _progress(cfg.iterations, run.iteration, progress and dist.is_main())
     done_here = 0
     last_saved = run.iteration
     try:
@@ -658,4 +766,6 @@ def condense(
 def _notice(message: str) -> None:
     from tqdm.auto import tqdm
 
+    if not dist.is_main():
+        return
     tqdm.write(f"note: {message}", file=sys.stderr)

@@ -18,6 +18,7 @@ __all__ = [
     "BASES",
     "FORMS",
     "DEFAULT_FORM",
+    "PRECISIONS",
     "config_from_dict",
     "available_presets",
     "load_preset",
@@ -28,6 +29,9 @@ BASES = ("dm", "idm")
 INITS = ("real", "noise")
 TAPS = ("act", "conv")
 MOMENT_ESTIMATORS = ("batch", "persample")
+# auto: bf16 autocast where the hardware runs it fast, else fp32 (ddm.runtime.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
 
 # DDM's two published forms (METHOD.md 4 and 4b): each a set of defaults for the settings a
 # user leaves as None. A form is settings, not a branch of the loop.
@@ -113,11 +117,13 @@ class CondenseConfig:
     model_train_steps: int = 10  # SGD steps per trained queue model
     model_batch: int = 256  # real images per queue-training step
     model_lr: float = 0.01
+    # precision of the network's forward: auto | fp32 | bf16 (changes the result slightly);
+    # a run records the resolved fp32 | bf16 in config.json and meta.json
+    precision: str = DEFAULT_PRECISION
     # run management and speed (do not change the result)
     device: str = "auto"
     checkpoint_every: int = 500
     real_chunk: int = 0  # real images per no-grad forward; 0: automatic
-    bf16: bool = False
     channels_last: bool = False
     compile: bool = False
 
@@ -137,6 +143,10 @@ class CondenseConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
+            )
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0 (0 = only at the end)")
         if self.method == "ddm":
@@ -203,10 +213,15 @@ class EvalConfig:
     dsa: bool = True
     seed: int = 0
     device: str = "auto"
+    precision: str = DEFAULT_PRECISION  # auto | fp32 | bf16 (the training's forward)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.runs <= 0:
             raise ValueError("--epochs and --runs must be positive")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,6 +4,9 @@ Train a freshly initialised network on the condensed set only (SGD lr 0.01, mome
 weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-image
 parameters on every batch, cross-entropy on hard labels), then test on the whole real test
 set. Repeat with several seeds; report mean +- std (population std, as the field does).
+
+Under torchrun the runs of a set are spread over the processes (round-robin) and gathered;
+each run is seeded by (evaluation seed, run), so the numbers are those of one process.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist
 from .augment import augment
 from .config import EvalConfig
 from .data import Dataset, load_dataset
 from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json
 from .models import build_model
-from .runtime import Stream, resolve_device, seed_for, tune_allocator
+from .runtime import Stream, autocast, resolve_precision, seed_for, tune_allocator
 
 __all__ = [
     "EvalResult",
@@ -47,6 +51,7 @@ class EvalResult:
     accuracies: list[float]
     train_accuracies: list[float]
     seconds: float
+    precision: str = "fp32"  # the resolved precision the models were trained in
 
     @property
     def mean(self) -> float:
@@ -70,7 +75,7 @@ class EvalResult:
             "accuracies": [round(a, 4) for a in self.accuracies],
             "train_accuracies": [round(a, 4) for a in self.train_accuracies],
             "seconds": round(self.seconds, 2),
-            "protocol": cfg.to_dict(),
+            "protocol": {**cfg.to_dict(), "precision": self.precision},
         }
 
 
@@ -80,11 +85,12 @@ def accuracy(
     labels: torch.Tensor,
     device: torch.device,
     batch: int = 1000,
+    precision: str = "fp32",
 ) -> float:
     """Percent of ``images`` classified correctly (eval mode, no grad, in batches)."""
     net.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(resolve_precision(precision, device), device):
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device, non_blocking=True)
             pred = net(x).argmax(1).cpu()
@@ -103,8 +109,12 @@ def train_and_test(
     cfg: EvalConfig,
     run: int = 0,
 ) -> tuple[float, float]:
-    """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %)."""
-    device = resolve_device(cfg.device)
+    """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %).
+
+    Under bf16 precision the forward passes run in bf16 autocast; the loss is float32.
+    """
+    device = dist.resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     channels, size = train_x.shape[1], train_x.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
@@ -126,12 +136,14 @@ def train_and_test(
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             x = augment(x_all[idx], strategy, gen)
-            loss = F.cross_entropy(net(x), y_all[idx])
+            with autocast(precision, device):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    train_acc = accuracy(net, train_x, train_y, device)
-    return accuracy(net, test_x, test_y, device), train_acc
+    train_acc = accuracy(net, train_x, train_y, device, precision=precision)
+    return accuracy(net, test_x, test_y, device, precision=precision), train_acc
 
 
 def evaluate_set(
@@ -140,8 +152,12 @@ def evaluate_set(
     cfg: EvalConfig,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set."""
+    """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set.
+
+    Under torchrun each process trains its share of the runs; every process returns them all.
+    """
     tune_allocator()
+    dist.init(dist.resolve_device(cfg.device))
     if isinstance(syn, SyntheticSet):
         _check_compatible(syn, dataset)
         images, labels = syn.expanded()
@@ -150,12 +166,12 @@ def evaluate_set(
     test_x, test_y = dataset.test_tensors()
     from tqdm.auto import tqdm
 
-    accs, train_accs = [], []
+    done: dict[int, tuple[float, float]] = {}  # run -> (test %, train %)
     t0 = time.perf_counter()
-    for run in tqdm(
-        range(cfg.runs), desc=f"evaluate {cfg.model}", disable=not progress, unit="model"
-    ):
-        test_acc, train_acc = train_and_test(
+    mine = dist.round_robin(cfg.runs)
+    show = progress and dist.is_main()
+    for run in tqdm(mine, desc=f"evaluate {cfg.model}", disable=not show, unit="model"):
+        done[run] = train_and_test(
             images.float(),
             labels.long(),
             test_x,
@@ -165,9 +181,13 @@ def evaluate_set(
             cfg=cfg,
             run=run,
         )
-        accs.append(test_acc)
-        train_accs.append(train_acc)
-    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, time.perf_counter() - t0)
+    for part in dist.all_gather_object(done):
+        done.update(part)
+    accs = [done[run][0] for run in range(cfg.runs)]
+    train_accs = [done[run][1] for run in range(cfg.runs)]
+    precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device))
+    seconds = time.perf_counter() - t0
+    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision)
 
 
 def _check_compatible(syn: SyntheticSet, dataset: Dataset) -> None:
@@ -208,7 +228,7 @@ def evaluate_run(
             root = read_json(run_dir / "config.json").get("data_root")
         dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
     result = evaluate_set(syn, dataset, cfg, progress=progress)
-    record_metrics(run_dir, result, cfg)
+    dist.on_main(record_metrics, run_dir, result, cfg)
     return result
 
 

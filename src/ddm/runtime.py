@@ -11,14 +11,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["seed_for", "generator", "resolve_device", "tune_allocator", "Stream"]
+from .config import PRECISIONS
+
+__all__ = [
+    "seed_for",
+    "generator",
+    "resolve_device",
+    "tune_allocator",
+    "Stream",
+    "PRECISIONS",
+    "bf16_fast",
+    "resolve_precision",
+    "autocast",
+]
 
 
 class Stream:
     """Generator stream ids (the second key of ``seed_for``)."""
 
     INIT = 0  # condensation: initial images (= the random-subset baseline's draw)
-    ITER = 1  # condensation: per-iteration real batches and DSA draws
+    ITER = 1  # condensation: real batch and DSA draw of (iteration, class)
     NET = 2  # condensation: network initialisation (per iteration for DM, per queue model for IDM)
     QUEUE = 3  # IDM: which queue model matches an iteration
     QUEUE_TRAIN = 4  # IDM: which queue models are trained, and their real batches
@@ -50,6 +62,50 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available; use cpu")
     return device
+
+
+def _cpu_has_bf16_units() -> bool:
+    """Whether this CPU computes bf16 products natively (oneDNN's query; Linux flags else)."""
+    query = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if query is not None:
+        try:
+            return bool(query())
+        except (RuntimeError, AttributeError):
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration, IndexError):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast on ``device``: a CUDA GPU with bf16, or a CPU whose oneDNN
+    has bf16 dot-product units (avx512_bf16, AMX). Elsewhere bf16 is emulated, 5-10x slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return _cpu_has_bf16_units()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where ``bf16_fast(device)``, else 'fp32'; 'fp32'/'bf16' unchanged."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_fast(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The network's forward context for a resolved precision: bf16 autocast or nothing.
+
+    Under bf16, convolutions and matmuls run in bf16 (float32 accumulation inside the
+    kernels); callers keep statistics and losses in float32.
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 _ALLOCATOR_TUNED = False

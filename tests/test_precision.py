@@ -1,0 +1,156 @@
+"""--precision auto | fp32 | bf16: the automatic choice, and bf16 runs end to end (issue 11)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddm import runtime
+from ddm.config import CondenseConfig, EvalConfig
+from ddm.runtime import autocast, bf16_fast, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+def test_auto_follows_the_capability_query(monkeypatch):
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    assert bf16_fast(CPU) and resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
+    assert not bf16_fast(CPU) and resolve_precision("auto", CPU) == "fp32"
+    # explicit choices are kept whatever the hardware
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_cpu_query_falls_back_to_cpuinfo(monkeypatch):
+    class NoQuery:  # an older torch without the oneDNN query
+        pass
+
+    monkeypatch.setattr(torch.ops, "mkldnn", NoQuery(), raising=False)
+    assert isinstance(runtime._cpu_has_bf16_units(), bool)
+
+
+def test_unknown_precision_is_one_clear_error():
+    with pytest.raises(ValueError, match="known: auto, fp32, bf16"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(ValueError, match="unknown precision"):
+        CondenseConfig(precision="half").resolved()
+    with pytest.raises(ValueError, match="unknown precision"):
+        EvalConfig(precision="half")
+
+
+def test_autocast_only_under_bf16():
+    lin = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    with autocast("bf16", CPU):
+        assert lin(x).dtype == torch.bfloat16
+    with autocast("fp32", CPU):
+        assert lin(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["dm", "ddm"])
+def test_bf16_condensation_runs_and_records_precision(tmp_path, method):
+    from ddm.condense import condense
+    from ddm.io import read_json
+
+    cfg = CondenseConfig(
+        dataset="digits", ipc=2, method=method, iterations=2, batch_real=16, precision="bf16"
+    )
+    syn = condense(cfg, tmp_path / "run", progress=False)
+    assert torch.isfinite(syn.images).all() and syn.images.dtype == torch.float32
+    assert syn.meta["precision"] == "bf16"
+    assert read_json(tmp_path / "run" / "meta.json")["precision"] == "bf16"
+    assert read_json(tmp_path / "run" / "config.json")["precision"] == "bf16"
+
+
+def test_auto_is_recorded_resolved(tmp_path, monkeypatch):
+    from ddm.condense import condense
+    from ddm.io import read_json
+
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
+    cfg = CondenseConfig(dataset="digits", ipc=1, iterations=1, batch_real=8, precision="auto")
+    condense(cfg, tmp_path / "run", progress=False)
+    assert read_json(tmp_path / "run" / "config.json")["precision"] == "fp32"
+    assert read_json(tmp_path / "run" / "meta.json")["precision"] == "fp32"
+
+
+def test_resume_refuses_a_precision_change(tmp_path):
+    from ddm.condense import condense
+    from ddm.io import RunFolderError
+
+    cfg = CondenseConfig(
+        dataset="digits", ipc=1, iterations=2, batch_real=8, precision="fp32", checkpoint_every=1
+    )
+    condense(cfg, tmp_path / "run", progress=False, stop_after=1)
+    other = CondenseConfig(**{**cfg.to_dict(), "precision": "bf16"})
+    with pytest.raises(RunFolderError, match="precision"):
+        condense(other, tmp_path / "run", resume=True, progress=False)
+    condense(cfg, tmp_path / "run", resume=True, progress=False)  # the same precision resumes
+
+
+def test_old_runs_without_precision_resume_as_fp32():
+    from ddm.condense import _check_resumable
+    from ddm.io import RunFolderError
+
+    cfg = CondenseConfig(dataset="digits", precision="fp32").resolved()
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "precision"}
+    _check_resumable({**saved, "bf16": False}, cfg)
+    with pytest.raises(RunFolderError, match="precision"):
+        _check_resumable({**saved, "bf16": True}, cfg)
+
+
+def test_bf16_evaluation_trains_and_records_precision(tmp_path):
+    from ddm.data import load_dataset
+    from ddm.evaluate import evaluate_set
+
+    dataset = load_dataset("digits")
+    g = torch.Generator().manual_seed(0)
+    images = torch.cat([dataset.class_batch(c, 2, g) for c in range(dataset.num_classes)])
+    labels = torch.arange(dataset.num_classes).repeat_interleave(2)
+    cfg = EvalConfig(epochs=2, runs=1, precision="bf16")
+    result = evaluate_set((images, labels), dataset, cfg, progress=False)
+    assert 0.0 <= result.mean <= 100.0
+    assert result.to_dict(cfg)["protocol"]["precision"] == "bf16"
+    auto = EvalConfig(epochs=1, runs=1, precision="auto")
+    result = evaluate_set((images, labels), dataset, auto, progress=False)
+    assert result.to_dict(auto)["protocol"]["precision"] == resolve_precision("auto", CPU)
+
+
+@pytest.mark.parametrize("tap", ["conv", "act"])
+def test_real_statistics_fast_paths_match_the_maps(tap):
+    """The first conv-tap Gram from patches, bf16 products and the group-norm moments give
+    the statistics the maps give in float32."""
+    from ddm.augment import sample_params
+    from ddm.condense import _input_conv, _Weights, real_statistics
+    from ddm.losses import mean_gram, persample_moments
+    from ddm.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("convnet", 3, 4, 16).requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(12, 3, 16, 16, generator=gen) for _ in range(2)]
+    params = [sample_params("none", 3, (16, 16), gen, siamese=True) for _ in range(2)]
+    moments = "persample" if tap == "conv" else "batch"
+    w = _Weights(1.0, 1.0, 0.0, 0, True, tap=tap, moments=moments)
+    assert (_input_conv(net, w) is not None) == (tap == "conv")
+    cpu = torch.device("cpu")
+    fp32 = real_statistics(net, batches, params, w, 0, cpu, autocast("fp32", CPU), False)
+    bf16 = real_statistics(
+        net, batches, params, w, 0, cpu, autocast("bf16", CPU), False, torch.bfloat16
+    )
+    for c, batch in enumerate(batches):
+        _, maps = net.embed_and_maps(batch, tap=tap)
+        for layer, m in enumerate(maps):
+            exact = mean_gram(m.double())
+            torch.testing.assert_close(fp32[c].grams[layer].double(), exact, rtol=1e-4, atol=1e-6)
+            scale = exact.abs().max()
+            assert (bf16[c].grams[layer].double() - exact).abs().max() < 2e-2 * scale
+            if moments == "persample":
+                mu = persample_moments(m.double())[0].mean(0)
+                torch.testing.assert_close(fp32[c].mu[layer].double(), mu, rtol=1e-4, atol=1e-5)
+                assert bf16[c].mu[layer].dtype == torch.float32
+            else:
+                mean = m.double().mean(0)
+                got = fp32[c].map_means[layer].double()
+                torch.testing.assert_close(got, mean, rtol=1e-4, atol=1e-5)
+                assert bf16[c].map_means[layer].dtype == torch.float32
