@@ -17,11 +17,11 @@ $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/ta
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_b.md \
     --rows ddm dm+mm dm+cm dm+icd &
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_sweep.md \
-    --rows "ddm-style1e3=ddm:w_mm=1000.0,w_cm=1000.0" "ddm-icd-nograd=ddm:icd_neighbour_grad=false" &
+    --rows "ddm-style1e3=ddm:form=paper,w_mm=1000.0,w_cm=1000.0" "ddm-icd-nograd=ddm:form=paper,icd_neighbour_grad=false" &
 wait
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 \
-    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm ddm-style1e3=ddm:w_mm=1000.0,w_cm=1000.0 \
-    ddm-icd-nograd=ddm:icd_neighbour_grad=false
+    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm ddm-style1e3=ddm:form=paper,w_mm=1000.0,w_cm=1000.0 \
+    ddm-icd-nograd=ddm:form=paper,icd_neighbour_grad=false
 
 # Issue 4: IDM and DDM on IDM at the ablation's budget (ipc 10), IDM's queue training reduced to
 # 5 steps of 64 images (METHOD.md: 10 x 256; on a CPU that is ~80% of an IDM iteration)
@@ -29,16 +29,16 @@ IDM_CPU="model_batch=64,model_train_steps=5"
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_idm.md \
     --rows "idm=idm:$IDM_CPU" &
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 --table runs/c10/table_ddmidm.md \
-    --rows "ddm-idm=ddm:base=idm,$IDM_CPU" &
+    --rows "ddm-idm=ddm:form=paper,base=idm,$IDM_CPU" &
 wait
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10 \
-    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm ddm-style1e3=ddm:w_mm=1000.0,w_cm=1000.0 \
-    ddm-icd-nograd=ddm:icd_neighbour_grad=false "idm=idm:$IDM_CPU" "ddm-idm=ddm:base=idm,$IDM_CPU"
+    --rows random herding dm dm+mm dm+cm dm+style dm+icd ddm ddm-style1e3=ddm:form=paper,w_mm=1000.0,w_cm=1000.0 \
+    ddm-icd-nograd=ddm:form=paper,icd_neighbour_grad=false "idm=idm:$IDM_CPU" "ddm-idm=ddm:form=paper,base=idm,$IDM_CPU"
 
 # Issue 4: DM, DDM, IDM, DDM on IDM (ipc 1, 100 iterations, IDM queue training reduced to
 # 5 steps of 64 images; evaluation 200 epochs x 3 models)
 $PY benchmarks/compare.py --data-root "$ROOT" --out runs/c10-ipc1 --ipc 1 --iterations 100 \
-    --rows random dm ddm "idm=idm:$IDM_CPU" "ddm-idm=ddm:base=idm,$IDM_CPU"
+    --rows random dm ddm "idm=idm:$IDM_CPU" "ddm-idm=ddm:form=paper,base=idm,$IDM_CPU"
 
 # Issue 4: the 64x64 path on real images (10-class Tiny-ImageNet subset, ConvNet depth 4)
 $PY benchmarks/compare.py --data-root "$ROOT" --dataset tiny-imagenet --out runs/tiny --ipc 1 \

@@ -33,6 +33,8 @@ for method in "${METHODS[@]}"; do
     extra=()
     if [[ $method == idm ]]; then  # IDM's queue training reduced as in README's IDM rows
         extra=(--set model_batch=64 --set model_train_steps=5)
+    elif [[ $method == ddm ]]; then  # the README table's DDM row is the paper form
+        extra=(--form paper)
     fi
     "$DDM" continual \
         --dataset cifar10 --data-root "$DATA_ROOT" \

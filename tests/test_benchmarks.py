@@ -60,7 +60,7 @@ def _compare():
 
 def test_compare_rows_parse():
     compare = _compare()
-    assert compare.parse_row("ddm-idm") == ("ddm-idm", "ddm", {"base": "idm"})
+    assert compare.parse_row("ddm-idm") == ("ddm-idm", "ddm", {"form": "paper", "base": "idm"})
     name, method, over = compare.parse_row("q=idm:model_batch=64,ce_weight=0.5,dsa=false")
     assert (name, method) == ("q", "idm")
     assert over == {"model_batch": 64, "ce_weight": 0.5, "dsa": False}
