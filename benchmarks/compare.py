@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from ddm import config
 from ddm.baselines import herding, random_subset
 from ddm.condense import condense
-from ddm.config import CondenseConfig, EvalConfig, parse_overrides
+from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
 from ddm.evaluate import evaluate_set, record_metrics
 from ddm.io import (
@@ -54,13 +55,10 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 
 def parse_row(spec: str) -> tuple[str, str, dict]:
-    if spec in ROWS:
-        return (spec, *ROWS[spec])
-    if "=" not in spec:
-        raise SystemExit(f"unknown row {spec!r}; known: {', '.join(ROWS)} or name=method:k=v,...")
-    name, rest = spec.split("=", 1)
-    method, _, kv = rest.partition(":")
-    return name, method, parse_overrides(filter(None, kv.split(",")))
+    try:
+        return config.parse_row(spec, ROWS)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def main() -> None:

@@ -264,6 +264,18 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def parse_row(spec: str, rows: dict[str, tuple[str, dict[str, Any]]]) -> tuple[str, str, dict]:
+    """A benchmark row: a name from ``rows`` or ``name=method:key=value,...`` -> (name, method,
+    settings). Raises ValueError naming the known rows."""
+    if spec in rows:
+        return (spec, *rows[spec])
+    if "=" not in spec:
+        raise ValueError(f"unknown row {spec!r}; known: {', '.join(rows)} or name=method:k=v,...")
+    name, rest = spec.split("=", 1)
+    method, _, kv = rest.partition(":")
+    return name, method, parse_overrides(filter(None, kv.split(",")))
+
+
 def available_presets() -> list[str]:
     """Names of the shipped preset files (src/ddm/presets/*.json)."""
     from importlib.resources import files
