@@ -273,13 +273,18 @@ def persample_moments_from_stats(
     relative: bool = True,
 ) -> torch.Tensor:
     """L_MM (released) from the real batch's mean per-sample moments (C per layer)."""
+    return _persample_gap(real_mu, real_s, syn_maps, lambda x: x.mean(0), relative)
+
+
+def _persample_gap(real_mu, real_s, syn_maps, reduce, relative: bool) -> torch.Tensor:
+    """Mean over layers of 0.5 * (d(reduce(mu_S), mu_T) + d(reduce(s_S), s_T)), where
+    ``reduce`` summarises the synthetic per-sample moments over images (mean or std)."""
     _check_layers(real_mu, syn_maps)
     per_layer = []
     for mu_t, s_t, syn in zip(real_mu, real_s, syn_maps, strict=True):
         mu, s = persample_moments(syn)
-        per_layer.append(
-            0.5 * (relative_sq(mu.mean(0), mu_t, relative) + relative_sq(s.mean(0), s_t, relative))
-        )
+        gap = relative_sq(reduce(mu), mu_t, relative) + relative_sq(reduce(s), s_t, relative)
+        per_layer.append(0.5 * gap)
     return torch.stack(per_layer).mean()
 
 
@@ -309,13 +314,7 @@ def style_spread_from_stats(
     _check_layers(real_mu_std, syn_maps)
     if syn_maps[0].shape[0] < 2:
         return syn_maps[0].sum() * 0.0
-    per_layer = []
-    for mu_t, s_t, syn in zip(real_mu_std, real_s_std, syn_maps, strict=True):
-        mu, s = persample_moments(syn)
-        per_layer.append(
-            0.5 * (relative_sq(mu.std(0), mu_t, relative) + relative_sq(s.std(0), s_t, relative))
-        )
-    return torch.stack(per_layer).mean()
+    return _persample_gap(real_mu_std, real_s_std, syn_maps, lambda x: x.std(0), relative)
 
 
 def style_spread_loss(
