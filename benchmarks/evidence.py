@@ -33,7 +33,7 @@ from ddm.baselines import random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import evaluate_set, record_metrics
+from ddm.evaluate import entry_precision, evaluate_set, record_metrics
 from ddm.io import (
     META_FILE,
     SYNTHETIC_FILE,
@@ -131,14 +131,24 @@ def _set_folders(out: Path, snapshots: bool) -> list[Path]:
     return folders
 
 
-def _entry(folder: Path, model: str, epochs: int, runs: int, seed: int) -> dict | None:
+def _entry(
+    folder: Path, model: str, epochs: int, runs: int, seed: int, precision: str
+) -> dict | None:
     path = folder / "metrics.json"
     if not path.exists():
         return None
+    want = (model, epochs, runs, seed, precision)
     for e in read_json(path)["evaluations"]:
-        if (e["model"], e["epochs"], e["runs"], e.get("seed", 0)) == (model, epochs, runs, seed):
+        if (e["model"], e["epochs"], e["runs"], e.get("seed", 0), entry_precision(e)) == want:
             return e
     return None
+
+
+def _precision(name: str, device: str) -> str:
+    """``auto`` resolved on this machine, so cached evaluations are found by what they used."""
+    from ddm.runtime import resolve_device, resolve_precision
+
+    return resolve_precision(name, resolve_device(device))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -153,12 +163,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.only_iterations:
         keep = {f"it{n}" for n in args.only_iterations}
         folders = [f for f in folders if f.name in keep or not f.name.startswith("it")]
+    precision = _precision(args.precision, args.device)
     for model in args.models:
         ecfg = EvalConfig(
-            model=model, epochs=args.epochs, runs=args.runs, seed=args.eval_seed, device=args.device
+            model=model,
+            epochs=args.epochs,
+            runs=args.runs,
+            seed=args.eval_seed,
+            device=args.device,
+            precision=precision,
         )
         for folder in folders:
-            if _entry(folder, model, args.epochs, args.runs, args.eval_seed) is not None:
+            if _entry(folder, model, args.epochs, args.runs, args.eval_seed, precision):
                 continue
             result = evaluate_set(load_synthetic(folder), dataset, ecfg, progress=args.progress)
             record_metrics(folder, result, ecfg)
@@ -170,8 +186,9 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0) -> dict:
-    """{row: {iteration: {model: {seed: [accuracies]}}}} from every metrics.json under ``out``."""
+def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0, precision: str = "fp32") -> dict:
+    """{row: {iteration: {model: {seed: [accuracies]}}}} from every metrics.json under ``out``
+    (the evaluations with these epochs, runs, seed and training precision)."""
     table: dict = {}
     for row in sorted(p for p in out.iterdir() if p.is_dir()):
         for seed_dir in sorted(p for p in row.iterdir() if p.is_dir() and p.name.startswith("s")):
@@ -182,7 +199,8 @@ def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0) -> dict:
                     continue
                 it = int(folder.name[2:]) if folder.name.startswith("it") else 0
                 for e in read_json(folder / "metrics.json")["evaluations"]:
-                    if (e["epochs"], e["runs"], e.get("seed", 0)) != (epochs, runs, eval_seed):
+                    got = (e["epochs"], e["runs"], e.get("seed", 0), entry_precision(e))
+                    if got != (epochs, runs, eval_seed, precision):
                         continue
                     cell = table.setdefault(row.name, {}).setdefault(it, {})
                     cell.setdefault(e["model"], {})[seed] = e["accuracies"]
@@ -191,7 +209,9 @@ def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    table = collect(out, args.epochs, args.runs, args.eval_seed)
+    table = collect(
+        out, args.epochs, args.runs, args.eval_seed, _precision(args.precision, args.device)
+    )
     order = [r for r in (args.rows or ROWS) if r in table] + sorted(
         r for r in table if r not in (args.rows or ROWS)
     )
@@ -302,6 +322,11 @@ def main() -> None:
         q.add_argument("--runs", type=int, default=3)
         q.add_argument("--eval-seed", type=int, default=0)
         q.add_argument("--models", nargs="+", default=None)
+        q.add_argument(
+            "--precision",
+            default="fp32",
+            help="evaluate/report: the evaluation's training precision, auto | fp32 | bf16",
+        )
     c = sub.choices["condense"]
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     c.add_argument("--ipc", type=int, default=10)

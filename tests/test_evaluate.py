@@ -95,6 +95,25 @@ def test_metrics_file_keeps_one_entry_per_protocol(tmp_path, digits):
     assert len(read_json(tmp_path / "metrics.json")["evaluations"]) == 2
 
 
+def test_metrics_file_keeps_fp32_and_bf16_evaluations_apart(tmp_path):
+    """An evaluation in another precision is a new entry, not a replacement; entries written
+    before the precision policy count as float32."""
+    from ddm.evaluate import EvalResult, entry_precision
+
+    (tmp_path / "metrics.json").write_text(
+        '{"evaluations": [{"model": "convnet", "epochs": 5, "runs": 1, "seed": 0, '
+        '"mean": 40.0, "accuracies": [40.0], "protocol": {}}]}'
+    )
+    cfg = EvalConfig(epochs=5, runs=1)
+    record_metrics(tmp_path, EvalResult("convnet", 5, [41.0], [100.0], 1.0, "bf16"), cfg)
+    record_metrics(tmp_path, EvalResult("convnet", 5, [42.0], [100.0], 1.0, "bf16"), cfg)
+    entries = read_json(tmp_path / "metrics.json")["evaluations"]
+    assert [(entry_precision(e), e["mean"]) for e in entries] == [("fp32", 40.0), ("bf16", 42.0)]
+    record_metrics(tmp_path, EvalResult("convnet", 5, [43.0], [100.0], 1.0, "fp32"), cfg)
+    entries = read_json(tmp_path / "metrics.json")["evaluations"]
+    assert [(entry_precision(e), e["mean"]) for e in entries] == [("bf16", 42.0), ("fp32", 43.0)]
+
+
 def test_random_subset_is_real_and_per_class(digits):
     syn = random_subset(digits, 4, seed=3)
     assert syn.labels.tolist() == [c for c in range(10) for _ in range(4)]

@@ -232,16 +232,29 @@ def evaluate_run(
     return result
 
 
+def entry_precision(entry: dict[str, Any]) -> str:
+    """The precision an evaluation in metrics.json trained in (entries older than the
+    precision policy were float32)."""
+    return entry.get("protocol", {}).get("precision", "fp32")
+
+
+def evaluation_key(entry: dict[str, Any]) -> tuple:
+    """What identifies an evaluation in metrics.json: an entry with the same key is replaced."""
+    return (
+        entry.get("model"),
+        entry.get("epochs"),
+        entry.get("runs"),
+        entry.get("seed"),
+        entry_precision(entry),
+    )
+
+
 def record_metrics(run_dir: Path, result: EvalResult, cfg: EvalConfig) -> None:
-    """Add (or replace: same model, epochs, runs and seed) an entry in metrics.json."""
+    """Add (or replace: same model, epochs, runs, seed and precision) an entry in metrics.json."""
     path = run_dir / METRICS_FILE
     metrics = read_json(path) if path.exists() else {"evaluations": []}
     entry = result.to_dict(cfg)
-    key = (entry["model"], entry["epochs"], entry["runs"], entry["seed"])
-    kept = [
-        e
-        for e in metrics.get("evaluations", [])
-        if (e.get("model"), e.get("epochs"), e.get("runs"), e.get("seed")) != key
-    ]
+    key = evaluation_key(entry)
+    kept = [e for e in metrics.get("evaluations", []) if evaluation_key(e) != key]
     metrics["evaluations"] = [*kept, entry]
     atomic_write_json(path, metrics)

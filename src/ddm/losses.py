@@ -23,7 +23,8 @@ The public losses are thin compositions of the same pieces, so the two paths can
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -336,6 +337,23 @@ def default_spread_rank(n_syn: int) -> int:
     return max(0, min(n_syn - 1, MAX_SPREAD_RANK))
 
 
+@contextmanager
+def _one_cpu_thread(t: torch.Tensor) -> Iterator[None]:
+    """Run a small LAPACK call on one thread: on CPU, MKL's threaded eigensolver for an N x N
+    matrix of a few hundred rows is several times slower with 2 threads than with 1 (and far
+    slower when the cores are busy); one thread also makes the result independent of the
+    thread count. A no-op off the CPU or when already on one thread."""
+    threads = torch.get_num_threads()
+    if t.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def spread_directions(real_emb: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``rank`` principal directions of the centred real embeddings and the real std along
     each: N x D -> (D x r, r), r = min(rank, N - 1, D).
@@ -351,7 +369,8 @@ def spread_directions(real_emb: torch.Tensor, rank: int) -> tuple[torch.Tensor, 
     if r == 0:
         return real_emb.new_zeros(d, 0), real_emb.new_zeros(0)
     gram = (centred @ centred.T).double()  # N x N
-    eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
+    with _one_cpu_thread(gram):
+        eigvals, eigvecs = torch.linalg.eigh(gram)  # ascending
     top_vals, top_vecs = eigvals.flip(0)[:r], eigvecs.flip(1)[:, :r]
     keep = top_vals > 1e-12 * top_vals[0].clamp_min(1e-300)  # directions the batch spans
     top_vals, top_vecs = top_vals[keep], top_vecs[:, keep]
