@@ -250,35 +250,36 @@ def eval_speed(args) -> None:
     test_x, test_y = dataset.test_tensors()
     cpu = torch.device("cpu")
     rows = []
-    for p in args.precision:
+    for model, p in [(m, p) for m in args.eval_models for p in args.precision]:
         used = resolve_precision(p, cpu)
-        cfg = EvalConfig(epochs=args.eval_epochs, runs=1, device="cpu", precision=used)
+        cfg = EvalConfig(model=model, epochs=args.eval_epochs, runs=1, device="cpu", precision=used)
         kw = {"num_classes": dataset.num_classes, "strategy": dataset.dsa_strategy, "cfg": cfg}
-        train_and_test(x, y, x[:1], y[:1], **{**kw, "cfg": EvalConfig(epochs=1, precision=used)})
+        warm = EvalConfig(model=model, epochs=1, precision=used)
+        train_and_test(x, y, x[:1], y[:1], **{**kw, "cfg": warm})
         t0 = time.perf_counter()  # the test set is one image here: training time only
         train_and_test(x, y, x[:1], y[:1], **kw)
         epoch = (time.perf_counter() - t0) / args.eval_epochs
-        net = build_model("convnet", dataset.channels, dataset.num_classes, 32)
+        net = build_model(model, dataset.channels, dataset.num_classes, 32)
         # FLOPs of a test pass: those of its first 1,000 images, scaled
         one_batch = partial(accuracy, net, test_x[:1000], test_y[:1000], cpu, 1000, used)
         flops = count_flops(one_batch)[0] * len(test_x) / 1000
         t0 = time.perf_counter()
         accuracy(net, test_x, test_y, cpu, precision=used)
         test = time.perf_counter() - t0
-        rows.append((used, epoch, test, test / (flops / (peak[used] * 1e9))))
+        rows.append((model, used, epoch, test, test / (flops / (peak[used] * 1e9))))
     print(
-        f"\nEvaluation protocol, CIFAR-10 ConvNet, {len(x)} training images, batch 256, "
+        f"\nEvaluation protocol, CIFAR-10, {len(x)} training images, batch 256, "
         f"{args.threads} threads; per epoch: mean of {args.eval_epochs} epochs after one; "
         f"test: one pass over {len(test_x)} images\n"
     )
     print(
-        "| precision | s / epoch | test pass (s) | test pass / floor | "
+        "| model | precision | s / epoch | test pass (s) | test pass / floor | "
         "1,000 epochs x 5 models (min) |"
     )
-    print("|---|---|---|---|---|")
-    for used, epoch, test, ratio in rows:
+    print("|---|---|---|---|---|---|")
+    for model, used, epoch, test, ratio in rows:
         total = 5 * (1000 * epoch + test) / 60
-        print(f"| {used} | {epoch:.3f} | {test:.2f} | {ratio:.1f}x | {total:.1f} |")
+        print(f"| {model} | {used} | {epoch:.3f} | {test:.2f} | {ratio:.1f}x | {total:.1f} |")
 
 
 def one(args) -> dict:
@@ -341,6 +342,9 @@ def main() -> None:
         help="--paired / --eval: auto | fp32 | bf16, each timed (default fp32)",
     )
     p.add_argument("--eval", action="store_true", help="time the evaluation protocol instead")
+    p.add_argument(
+        "--eval-models", nargs="+", default=["convnet"], help="--eval: architectures timed"
+    )
     p.add_argument("--eval-epochs", type=int, default=10, help="--eval: epochs timed")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)

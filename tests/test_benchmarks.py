@@ -95,12 +95,20 @@ def test_speed_paired_precisions_and_eval(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln.split("|")[2].strip() for ln in out.stdout.splitlines() if ln.startswith("| dm")]
     assert rows == ["fp32", "bf16"]
-    out = subprocess.run(
-        cmd + ["--eval", "--eval-epochs", "1"], capture_output=True, text=True, env=env, timeout=300
-    )
+    evals = cmd + ["--eval", "--eval-epochs", "1", "--eval-models", "convnet", "alexnet"]
+    out = subprocess.run(evals, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [ln for ln in out.stdout.splitlines() if ln.startswith(("| fp32", "| bf16"))]
-    assert len(rows) == 2
+    rows = [
+        tuple(c.strip() for c in ln.split("|")[1:3])
+        for ln in out.stdout.splitlines()
+        if ln.startswith(("| convnet", "| alexnet"))
+    ]
+    assert rows == [
+        ("convnet", "fp32"),
+        ("convnet", "bf16"),
+        ("alexnet", "fp32"),
+        ("alexnet", "bf16"),
+    ]
 
 
 def test_evidence_condense_snapshots_evaluate_report(tmp_path):

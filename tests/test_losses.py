@@ -440,6 +440,30 @@ def test_mean_gram_in_bf16_accumulates_in_float32():
         assert err < 5e-3  # bf16 inputs: ~3e-4 measured at 256 x 128 x 32 x 32
 
 
+def test_mean_gram_groups_small_maps_into_larger_products():
+    """Small maps go through products over several samples' pixels (a copy); the mean Gram is
+    the per-sample one's, for batch sizes with and without a convenient divisor."""
+    from ddm.losses import _samples_per_product, mean_gram
+
+    g = torch.Generator().manual_seed(3)
+    for n, size, dtype, group in [
+        (64, 8, torch.float32, 32),
+        (30, 8, torch.float32, 30),
+        (13, 4, torch.float32, 13),
+        (97, 8, torch.float32, 1),  # a prime batch above 32: one sample per product
+        (64, 16, torch.bfloat16, 8),
+        (64, 16, torch.float32, 1),
+        (64, 32, torch.bfloat16, 1),
+    ]:
+        maps = torch.randn(n, 6, size, size, generator=g)
+        assert _samples_per_product(n, size * size, maps.to(dtype)) == group
+        exact = _old_mean_gram(maps.double())
+        got = mean_gram(maps, dtype)
+        assert got.dtype == torch.float32
+        tol = 1e-6 if dtype == torch.float32 else 5e-3
+        assert (got.double() - exact).abs().max() <= tol * exact.abs().max(), (n, size, dtype)
+
+
 def test_mean_gram_keeps_gradients():
     from ddm.losses import mean_gram
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 11's quality check: sets condensed under bf16 autocast against float32 (same seed,
+# budget and initial images), DM and released DDM, all scored by the same float32 evaluation.
+# `--precision auto` may become the default only if each pair scores within 0.5 points.
+#
+# Budget (CPU): CIFAR-10 ipc 10, 200 iterations, batch_real 128, seed 0; ConvNet 200 epochs x 3
+# models per set. Two lanes of one thread each (DM pair, DDM pair); resumable, cached.
+#
+#   benchmarks/precision_quality.sh
+#   ITERS=500 SEEDS="0 1" benchmarks/precision_quality.sh     # a larger budget
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ROOT=${DATA_ROOT:-../shared/data}
+OUT=${OUT:-runs/ev/prec}
+ITERS=${ITERS:-200}
+SEEDS=${SEEDS:-0}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+EV="$PY benchmarks/evidence.py"
+C=(--out "$OUT" --data-root "$ROOT")
+mkdir -p "$OUT"
+
+lane() {  # rows in order: condense (seeds), then evaluate in float32
+    local wait_pid=$1
+    shift
+    if [ -n "$wait_pid" ]; then
+        while kill -0 "$wait_pid" 2>/dev/null; do sleep 15; done
+    fi
+    for row in "$@"; do
+        # shellcheck disable=SC2086
+        $EV condense "${C[@]}" --rows "$row" --seeds $SEEDS --iterations "$ITERS" --batch-real 128
+        $EV evaluate "${C[@]}" --rows "${row%%=*}" --epochs 200 --runs 3 --precision fp32
+    done
+}
+
+lane "${WAIT_PID0:-}" dm dm-bf16=dm:precision=bf16 > "$OUT.lane0.log" 2>&1 &
+lane "${WAIT_PID1:-}" ddm ddm-bf16=ddm:precision=bf16 > "$OUT.lane1.log" 2>&1 &
+wait
+$EV report "${C[@]}" --epochs 200 --runs 3 --precision fp32 \
+    --results benchmarks/results/precision_quality
