@@ -174,35 +174,12 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
     assert set(summary["ddm"]["convnet"]["per_seed"]) == {"0", "1"}
     assert (tmp_path / "b.png").stat().st_size > 1000
     # a bf16 evaluation of one set is kept beside the float32 ones and reported on its own
-    run(
-        "evaluate",
-        *common,
-        "--rows",
-        "dm",
-        "--seeds",
-        "0",
-        "--epochs",
-        "2",
-        "--runs",
-        "2",
-        "--precision",
-        "bf16",
-    )
-    bf16 = run(
-        "report",
-        *common,
-        "--epochs",
-        "2",
-        "--runs",
-        "2",
-        "--precision",
-        "bf16",
-        "--results",
-        str(tmp_path / "res" / "b"),
-    )
+    budget = ["--epochs", "2", "--runs", "2"]
+    run("evaluate", *common, *budget, "--rows", "dm", "--seeds", "0", "--precision", "bf16")
+    bf16 = run("report", *common, *budget, "--precision", "bf16", "--results", str(tmp_path / "b"))
     assert "| dm |" in bf16 and "| ddm |" not in bf16
-    assert read_json(tmp_path / "res" / "b.json")["rows"]["dm"]["convnet"]["n"] == 2
-    assert run("report", *common, "--epochs", "2", "--runs", "2") == table
+    assert read_json(tmp_path / "b.json")["rows"]["dm"]["convnet"]["n"] == 2
+    assert run("report", *common, *budget) == table
 
 
 def test_term_scales_reports_every_active_term(tmp_path):
