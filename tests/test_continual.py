@@ -284,7 +284,7 @@ def test_cache_key_depends_on_what_decides_the_set(digits):
     assert key == _cache_key(base, digits, [2, 1])[0]
     assert key == _cache_key(ContinualConfig(**{**base.to_dict(), "device": "cpu"}), digits,
                              [1, 2])[0]  # fmt: skip
-    for change in ({"iterations": 4}, {"seed": 1}, {"w_mm": 0.0}, {"form": "paper"}, {"ipc": 3}):
+    for change in ({"iterations": 4}, {"seed": 1}, {"w_mm": 0.0}, {"form": "released"}, {"ipc": 3}):
         other = ContinualConfig(**{**base.to_dict(), **change})
         assert _cache_key(other, digits, [1, 2])[0] != key, change
     assert _cache_key(base, digits, [1, 3])[0] != key
