@@ -27,7 +27,7 @@ from ddm.baselines import herding, random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import evaluate_set, record_metrics
+from ddm.evaluate import entry_precision, evaluate_set, record_metrics
 from ddm.io import (
     META_FILE,
     atomic_write_bytes,
@@ -36,6 +36,7 @@ from ddm.io import (
     save_grid,
     save_synthetic,
 )
+from ddm.runtime import resolve_device, resolve_precision
 
 # name -> (method, overrides); "random"/"herding" are coreset baselines
 ROWS: dict[str, tuple[str, dict]] = {
@@ -83,6 +84,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.dataset, args.data_root)
     ecfg = EvalConfig(model=args.model, epochs=args.epochs, runs=args.runs, device=args.device)
+    # a cached evaluation counts only if it trained in the precision this one would
+    precision = resolve_precision(ecfg.precision, resolve_device(ecfg.device))
     results = []
     for spec in args.rows:
         name, method, overrides = parse_row(spec)
@@ -130,7 +133,8 @@ def main() -> None:
                 (
                     e
                     for e in read_json(folder / "metrics.json")["evaluations"]
-                    if (e["model"], e["epochs"], e["runs"]) == (args.model, args.epochs, args.runs)
+                    if (e["model"], e["epochs"], e["runs"], entry_precision(e))
+                    == (args.model, args.epochs, args.runs, precision)
                 ),
                 None,
             )
