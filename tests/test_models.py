@@ -293,6 +293,41 @@ def test_convnet_conv_tap_is_the_convolution_output_before_the_norm() -> None:
     assert torch.allclose(emb, model.embed(x)) and torch.equal(maps2[2], maps[2])
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_convnet_moments_from_its_own_instance_norm(precision: str) -> None:
+    """Without autograd, the conv tap's per-sample moments come from the norm's own pass:
+    equal to ``persample_moments`` of the maps and to the eps-explicit formula, and the pass
+    itself (embedding, maps) is bitwise the plain one, also under bf16 autocast."""
+    from ddm.losses import persample_moments
+
+    torch.manual_seed(0)
+    model = ConvNet(3, 10, 32)
+    for p in model.parameters():  # non-trivial affine terms: they must not leak into moments
+        p.data.normal_()
+    x = _batch(3, 32, n=3)
+    on = precision == "bf16"
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=on):
+        emb0, maps0 = model.embed_and_maps(x, tap="conv")
+        emb, maps, moments = model.embed_maps_and_moments(x, tap="conv")
+    assert torch.equal(emb, emb0) and all(torch.equal(a, b) for a, b in zip(maps, maps0))
+    assert len(moments) == 3 and all(m is not None for m in moments)
+    for m, (mu, s) in zip(maps, moments, strict=True):
+        assert mu.dtype == s.dtype == torch.float32 and mu.shape == s.shape == m.shape[:2]
+        ref_mu, ref_s = persample_moments(m)
+        assert torch.equal(mu, ref_mu) and torch.equal(s, ref_s)
+        var, mean = torch.var_mean(m.double().flatten(2), dim=2, correction=0)
+        assert torch.allclose(mu.double(), mean, atol=1e-5)
+        assert torch.allclose(s.double(), (var + 1e-5).sqrt(), rtol=1e-4)
+    # with autograd, another eps, the act tap, or another norm: no moments offered
+    _, _, with_grad = model.embed_maps_and_moments(x, tap="conv")
+    with torch.no_grad():
+        _, _, other_eps = model.embed_maps_and_moments(x, tap="conv", eps=1e-3)
+        _, _, act = model.embed_maps_and_moments(x, tap="act")
+        _, _, layer_norm = ConvNet(3, 10, 32, norm="layernorm").embed_maps_and_moments(x)
+    for missing in (with_grad, other_eps, act, layer_norm):
+        assert missing == [None, None, None]
+
+
 def test_convnet_conv_tap_survives_inplace_relu_without_norm() -> None:
     torch.manual_seed(0)
     model = ConvNet(3, 10, 32, norm="none")

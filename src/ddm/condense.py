@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from .io import (
     save_tensors,
 )
 from .losses import (
+    SIGMA_EPS,
     conv_mean_gram,
     correlation_from_stats,
     default_icd_k,
@@ -216,10 +218,15 @@ class _RealStats:
     cd_std: torch.Tensor | None = None  # r: real std along them
 
 
-def _features(net: nn.Module, x: torch.Tensor, weights: _Weights):
-    if weights.needs_maps:
-        return net.embed_and_maps(x, tap=weights.tap)
-    return net.embed(x), []
+def _features(net: nn.Module, x: torch.Tensor, weights: _Weights, moments: bool = False):
+    """Embedding, style maps and, per map, its per-sample moments where the network's own
+    instance norm computed them in the same pass (``moments``, no autograd), else None."""
+    if not weights.needs_maps:
+        return net.embed(x), [], []
+    if moments and hasattr(net, "embed_maps_and_moments"):
+        return net.embed_maps_and_moments(x, tap=weights.tap, eps=SIGMA_EPS)
+    emb, maps = net.embed_and_maps(x, tap=weights.tap)
+    return emb, maps, [None] * len(maps)
 
 
 def _class_stats(
@@ -228,9 +235,11 @@ def _class_stats(
     weights: _Weights,
     gram_dtype: torch.dtype | None = None,
     first_gram: torch.Tensor | None = None,
+    moments: Sequence[tuple[torch.Tensor, torch.Tensor] | None] = (),
 ) -> _RealStats:
     """One class's statistics, in float32; ``gram_dtype`` (bf16) is the Gram product's input,
-    ``first_gram`` the first layer's mean Gram matrix when already known."""
+    ``first_gram`` the first layer's mean Gram matrix and ``moments`` a layer's per-sample
+    (mu, s) when already known (None or missing: computed here)."""
     stat = _RealStats(
         emb=emb.mean(0),
         map_means=[mean_map(m) for m in maps]
@@ -244,8 +253,9 @@ def _class_stats(
         else [],
     )
     if weights.persample:
-        for m in maps:
-            mu, s = persample_moments(m)
+        for i, m in enumerate(maps):
+            known = moments[i] if i < len(moments) else None
+            mu, s = known if known is not None else persample_moments(m)
             stat.mu.append(mu.mean(0))
             stat.s.append(s.mean(0))
             if weights.w_sd > 0:
@@ -306,17 +316,22 @@ def real_statistics(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                emb, maps = _features(net, x, weights)
+                emb, maps, moments = _features(net, x, weights, moments=weights.persample)
             sizes = [len(batches[k]) for k in group]
             embs = emb.float().split(sizes)
             per_layer = [m.split(sizes) for m in maps]
+            split_moments = [
+                None if m is None else list(zip(m[0].split(sizes), m[1].split(sizes), strict=True))
+                for m in moments
+            ]
             inputs = x.split(sizes)
             for i in range(len(group)):
                 layers = [layer[i] for layer in per_layer]
                 first = None
                 if conv is not None:
                     first = conv_mean_gram(inputs[i], conv.weight, conv.bias, conv.padding)
-                stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first))
+                known = [None if m is None else m[i] for m in split_moments]
+                stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first, known))
             c += len(group)
     return stats
 
@@ -345,7 +360,7 @@ def objective(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast:
-        emb, maps = _features(net, x, weights)
+        emb, maps, _ = _features(net, x, weights)
     embs = emb.float().split(syn_sizes)
     layer_maps = [m.float().split(syn_sizes) for m in maps]
     total = emb.new_zeros((), dtype=torch.float32)

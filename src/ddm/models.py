@@ -203,14 +203,28 @@ class ConvNet(nn.Module):
         self.embed_dim: int = width * size * size  # 128 * 4 * 4 = 2048 for 3x32x32, depth 3
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
-    def _run(self, x: Tensor, tap: str | None) -> tuple[Tensor, list[Tensor]]:
+    def _run(
+        self, x: Tensor, tap: str | None, stats_eps: float | None = None
+    ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor] | None]]:
+        """One pass: the embedding, the maps at ``tap`` and, with ``stats_eps``, per map the
+        statistics an instance norm with that eps computed of it (see
+        `embed_maps_and_moments`), else None."""
         maps: list[Tensor] = []
+        stats: list[tuple[Tensor, Tensor] | None] = []
         taps = self._taps[tap] if tap is not None else frozenset()
         for i, layer in enumerate(self.features):
+            if stats_eps is not None and i - 1 in taps and _instance_norm(layer, x, stats_eps):
+                n, c, h, w = x.shape
+                x, mu, rstd = torch.ops.aten.native_group_norm(
+                    x, layer.weight, layer.bias, n, c, h * w, c, layer.eps
+                )
+                stats[-1] = (mu.view(n, c).float(), rstd.view(n, c).float().reciprocal())
+                continue
             x = layer(x)
             if i in taps:
                 maps.append(x.clone() if i in self._copy_taps else x)
-        return x.flatten(1), maps
+                stats.append(None)
+        return x.flatten(1), maps, stats
 
     def _tap(self, tap: str) -> str:
         if tap not in self._taps:
@@ -228,10 +242,39 @@ class ConvNet(nn.Module):
 
     def embed_and_maps(self, x: Tensor, tap: str = "act") -> tuple[Tensor, list[Tensor]]:
         """`embed(x)` and `feature_maps(x, tap)` from one forward pass."""
-        return self._run(x, tap=self._tap(tap))
+        emb, maps, _ = self._run(x, tap=self._tap(tap))
+        return emb, maps
+
+    def embed_maps_and_moments(
+        self, x: Tensor, tap: str = "conv", eps: float = 1e-5
+    ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor] | None]]:
+        """`embed_and_maps(x, tap)` plus, per map, its per-sample moments (mu, s), N x C each
+        in float32: spatial mean and sqrt(population variance + ``eps``) (released DDM).
+
+        Without autograd (the real batch), a map that an instance norm with this ``eps``
+        reads next (the ``conv`` tap) comes with that norm's own statistics -- group norm's
+        kernel computes exactly these -- so its moments cost no second pass over the maps.
+        Elsewhere (autograd, another norm or tap) the entry is None: compute them from the
+        map (``ddm.losses.persample_moments``). The outputs equal `embed_and_maps`' bitwise.
+        """
+        stats_eps = None if torch.is_grad_enabled() else eps
+        return self._run(x, tap=self._tap(tap), stats_eps=stats_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.embed(x))
+
+
+def _instance_norm(layer: nn.Module, x: Tensor, eps: float) -> bool:
+    """Whether ``layer`` is an affine instance norm (one group per channel) with this ``eps``,
+    applied to a contiguous 4-d ``x``: then its kernel's statistics are x's moments."""
+    return (
+        isinstance(layer, nn.GroupNorm)
+        and layer.num_groups == layer.num_channels
+        and layer.affine
+        and layer.eps == eps
+        and x.dim() == 4
+        and x.is_contiguous()
+    )
 
 
 # --------------------------------------------------------------------------------------------
