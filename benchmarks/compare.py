@@ -27,7 +27,7 @@ from ddm.baselines import herding, random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import entry_precision, evaluate_set, record_metrics
+from ddm.evaluate import evaluate_set, find_evaluation, record_metrics
 from ddm.io import (
     META_FILE,
     atomic_write_bytes,
@@ -128,19 +128,7 @@ def main() -> None:
                 condense(cfg, folder, dataset=dataset, resume=resume)
         build_s = time.perf_counter() - t0
         syn = load_synthetic(folder)
-        entry = (
-            next(
-                (
-                    e
-                    for e in read_json(folder / "metrics.json")["evaluations"]
-                    if (e["model"], e["epochs"], e["runs"], entry_precision(e))
-                    == (args.model, args.epochs, args.runs, precision)
-                ),
-                None,
-            )
-            if (folder / "metrics.json").exists()
-            else None
-        )
+        entry = find_evaluation(folder, ecfg, precision)
         if entry is None:
             result = evaluate_set(syn, dataset, ecfg)
             record_metrics(folder, result, ecfg)

@@ -114,6 +114,31 @@ def test_metrics_file_keeps_fp32_and_bf16_evaluations_apart(tmp_path):
     assert [(entry_precision(e), e["mean"]) for e in entries] == [("bf16", 42.0), ("fp32", 43.0)]
 
 
+def test_find_evaluation_matches_model_budget_seed_and_precision(tmp_path):
+    """A cached evaluation is reused only for the same model, epochs, runs, seed and the
+    precision it trained in; an entry without seed/precision fields is seed 0, float32."""
+    from ddm.evaluate import EvalResult, find_evaluation
+
+    cfg = EvalConfig(epochs=5, runs=1)
+    assert find_evaluation(tmp_path, cfg, "fp32") is None  # no metrics.json yet
+    (tmp_path / "metrics.json").write_text(
+        '{"evaluations": [{"model": "convnet", "epochs": 5, "runs": 1, '
+        '"mean": 40.0, "accuracies": [40.0], "protocol": {}}]}'
+    )
+    assert find_evaluation(tmp_path, cfg, "fp32")["mean"] == 40.0
+    assert find_evaluation(tmp_path, cfg, "bf16") is None
+    record_metrics(tmp_path, EvalResult("convnet", 5, [41.0], [100.0], 1.0, "bf16"), cfg)
+    assert find_evaluation(tmp_path, cfg, "bf16")["mean"] == 41.0
+    assert find_evaluation(tmp_path, cfg, "fp32")["mean"] == 40.0
+    for other in (
+        dataclasses.replace(cfg, epochs=6),
+        dataclasses.replace(cfg, runs=2),
+        dataclasses.replace(cfg, seed=1),
+        dataclasses.replace(cfg, model="mlp"),
+    ):
+        assert find_evaluation(tmp_path, other, "bf16") is None
+
+
 def test_random_subset_is_real_and_per_class(digits):
     syn = random_subset(digits, 4, seed=3)
     assert syn.labels.tolist() == [c for c in range(10) for _ in range(4)]

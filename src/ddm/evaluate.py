@@ -249,6 +249,21 @@ def evaluation_key(entry: dict[str, Any]) -> tuple:
     )
 
 
+def find_evaluation(run_dir: Path, cfg: EvalConfig, precision: str) -> dict[str, Any] | None:
+    """The entry of ``run_dir``'s metrics.json for an evaluation like ``cfg`` (model, epochs,
+    runs, seed) trained in ``precision`` (resolved: fp32 | bf16), or None. Entries older than
+    the seed and precision fields count as seed 0 and float32."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return None
+    want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision)
+    for entry in read_json(path).get("evaluations", []):
+        model, epochs, runs, seed, prec = evaluation_key(entry)
+        if (model, epochs, runs, 0 if seed is None else seed, prec) == want:
+            return entry
+    return None
+
+
 def record_metrics(run_dir: Path, result: EvalResult, cfg: EvalConfig) -> None:
     """Add (or replace: same model, epochs, runs, seed and precision) an entry in metrics.json."""
     path = run_dir / METRICS_FILE
