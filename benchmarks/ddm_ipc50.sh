@@ -3,11 +3,11 @@
 #
 # Budget (CPU): CIFAR-10 ipc 50, 200 iterations, batch_real 128, seed 0, condensed under bf16
 # autocast (every row alike; issue 11's check put bf16 within 0.5 points of float32 at ipc 10);
-# ConvNet 200 epochs x 3 models per set, trained in float32. One lane of one thread
+# ConvNet 200 epochs x 2 models per set, trained in float32. One lane of one thread
 # (a 500-image set trains 5x as long per epoch as Table A's); resumable, cached.
 #
 #   benchmarks/ddm_ipc50.sh
-#   SEEDS="0 1" ITERS=500 PRECISION=fp32 benchmarks/ddm_ipc50.sh      # a larger budget
+#   SEEDS="0 1" ITERS=500 RUNS=3 PRECISION=fp32 benchmarks/ddm_ipc50.sh   # a larger budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,6 +16,7 @@ OUT=${OUT:-runs/ev/c}
 SEEDS=${SEEDS:-0}
 ITERS=${ITERS:-200}
 PRECISION=${PRECISION:-bf16}
+RUNS=${RUNS:-2}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
@@ -30,7 +31,7 @@ for row in "dm=dm:precision=$PRECISION" "ddm-paper=ddm:form=paper,precision=$PRE
         --batch-real 128
 done
 for row in dm ddm-paper ddm; do
-    $EV evaluate "${C[@]}" --rows "$row" --epochs 200 --runs 3 --precision fp32
+    $EV evaluate "${C[@]}" --rows "$row" --epochs 200 --runs "$RUNS" --precision fp32
 done
-$EV report "${C[@]}" --rows dm ddm-paper ddm --epochs 200 --runs 3 --precision fp32 \
+$EV report "${C[@]}" --rows dm ddm-paper ddm --epochs 200 --runs "$RUNS" --precision fp32 \
     --results benchmarks/results/table_c
