@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         atomic_write_bytes(base.with_suffix(".md"), text.encode())
         atomic_write_json(base.with_suffix(".json"), {"rows": summary, "raw": _jsonable(table)})
     if args.figure:
-        _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds)
+        _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds, args.rows)
 
 
 def _jsonable(table: dict) -> dict:
@@ -264,10 +264,16 @@ def _jsonable(table: dict) -> dict:
 
 
 def _figure(
-    table: dict, path: Path, base_row: str, model: str, seeds: list[int] | None = None
+    table: dict,
+    path: Path,
+    base_row: str,
+    model: str,
+    seeds: list[int] | None = None,
+    rows: list[str] | None = None,
 ) -> None:
     """Each row's gain over ``base_row`` against iterations (mean over seeds and models;
-    ``seeds``: only those condensation seeds, so every point has the same ones)."""
+    ``seeds``: only those condensation seeds, so every point has the same ones; ``rows``: only
+    those rows, e.g. the ones paired with ``base_row``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,8 +288,8 @@ def _figure(
         return _stats([a for accs in per_seed.values() for a in accs])
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in table:
-        if row in (base_row, "random"):
+    for row in rows or table:
+        if row in (base_row, "random") or row not in table:
             continue
         xs, ys, es = [], [], []
         for it in sorted(table[row]):
