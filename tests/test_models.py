@@ -309,7 +309,8 @@ def test_convnet_moments_from_its_own_instance_norm(precision: str) -> None:
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=on):
         emb0, maps0 = model.embed_and_maps(x, tap="conv")
         emb, maps, moments = model.embed_maps_and_moments(x, tap="conv")
-    assert torch.equal(emb, emb0) and all(torch.equal(a, b) for a, b in zip(maps, maps0))
+    assert torch.equal(emb, emb0)
+    assert all(torch.equal(a, b) for a, b in zip(maps, maps0, strict=True))
     assert len(moments) == 3 and all(m is not None for m in moments)
     for m, (mu, s) in zip(maps, moments, strict=True):
         assert mu.dtype == s.dtype == torch.float32 and mu.shape == s.shape == m.shape[:2]
