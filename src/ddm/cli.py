@@ -677,7 +677,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"`ddm {args.command}` runs in one process; under torchrun only "
                 f"{' and '.join(DISTRIBUTED_COMMANDS)} are spread over processes"
             )
-        return args.func(args)
+        code = args.func(args)
+        # every rank reaches the end before any closes the group: a rank that tears gloo down
+        # while another still talks to it can abort at exit (seen under load)
+        dist.barrier()
+        return code
     except NonFiniteLossError as exc:
         print(f"{who}: error: {exc}", file=sys.stderr)
         return 1
