@@ -33,7 +33,7 @@ from ddm.baselines import random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import entry_precision, evaluate_set, record_metrics
+from ddm.evaluate import entry_precision, evaluate_set, find_evaluation, record_metrics
 from ddm.io import (
     META_FILE,
     SYNTHETIC_FILE,
@@ -131,19 +131,6 @@ def _set_folders(out: Path, snapshots: bool) -> list[Path]:
     return folders
 
 
-def _entry(
-    folder: Path, model: str, epochs: int, runs: int, seed: int, precision: str
-) -> dict | None:
-    path = folder / "metrics.json"
-    if not path.exists():
-        return None
-    want = (model, epochs, runs, seed, precision)
-    for e in read_json(path)["evaluations"]:
-        if (e["model"], e["epochs"], e["runs"], e.get("seed", 0), entry_precision(e)) == want:
-            return e
-    return None
-
-
 def _precision(name: str, device: str) -> str:
     """``auto`` resolved on this machine, so cached evaluations are found by what they used."""
     from ddm.runtime import resolve_device, resolve_precision
@@ -174,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             precision=precision,
         )
         for folder in folders:
-            if _entry(folder, model, args.epochs, args.runs, args.eval_seed, precision):
+            if find_evaluation(folder, ecfg, precision):
                 continue
             result = evaluate_set(load_synthetic(folder), dataset, ecfg, progress=args.progress)
             record_metrics(folder, result, ecfg)
