@@ -396,7 +396,9 @@ def spread_directions(real_emb: torch.Tensor, rank: int) -> tuple[torch.Tensor, 
     top_vals, top_vecs = eigvals.flip(0)[:r], eigvecs.flip(1)[:, :r]
     keep = top_vals > 1e-12 * top_vals[0].clamp_min(1e-300)  # directions the batch spans
     top_vals, top_vecs = top_vals[keep], top_vecs[:, keep]
-    dirs = (centred.T.double() @ top_vecs) / top_vals.sqrt()  # D x r, orthonormal columns
+    # D x r, orthonormal columns; as (V^T C)^T: a transposed float64 copy of the D x N batch
+    # cost 3.5x the product itself (measured 7.6 vs 2.2 ms at 256 x 2048)
+    dirs = (top_vecs.T @ centred.double()).T / top_vals.sqrt()
     dirs = dirs.to(real_emb.dtype)
     a = (centred @ dirs).std(0, correction=1)
     return dirs, a
