@@ -506,7 +506,8 @@ def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(6, 3, 9, 8, generator=g, dtype=torch.float64)
-    for kernel, padding in ((3, 1), (3, 0), ((3, 5), (1, 2))):
+    cases = ((3, 1), (3, 0), ((3, 5), (1, 2)), (5, 2), (1, 0), ((1, 3), (0, 1)), (3, 2))
+    for kernel, padding in cases:  # "same" padding (the shift path) and others (patches)
         conv = torch.nn.Conv2d(3, 16, kernel, padding=padding, bias=bias).double()
         with torch.no_grad():
             expected = mean_gram(conv(x))
