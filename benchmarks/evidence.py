@@ -93,6 +93,8 @@ def cmd_condense(args: argparse.Namespace) -> None:
             for stage in stages:
                 if (folder / f"it{stage}" / META_FILE).exists():
                     continue
+                # float32 unless a row says otherwise: the README's tables were made so
+                overrides = {"precision": "fp32", **overrides}
                 cfg = CondenseConfig(
                     dataset=args.dataset,
                     data_root=args.data_root,
