@@ -208,3 +208,22 @@ def test_term_scales_reports_every_active_term(tmp_path):
     assert terms["mmd"]["cos"] == pytest.approx(1.0, abs=1e-5)
     for name in ("mm", "cm", "cd", "sd"):
         assert terms[name]["grad"] > 0 and -1 <= terms[name]["cos"] <= 1
+
+
+def test_precision_sizes_prints_a_ratio_per_image_size():
+    cmd = [sys.executable, str(BENCH / "precision_sizes.py"), "--real", "16", "--reps", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "x" in line]
+    rows = [r for r in rows if r.split("|")[1].strip()[0].isdigit()]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "1x8x8",
+        "3x16x16",
+        "1x28x28",
+        "3x32x32",
+        "3x64x64",
+    ]
+    for row in rows:
+        cond, train = (float(v) for v in row.split("|")[3:5])
+        assert cond > 0 and train > 0
