@@ -180,6 +180,14 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
     assert "| dm |" in bf16 and "| ddm |" not in bf16
     assert read_json(tmp_path / "b.json")["rows"]["dm"]["convnet"]["n"] == 2
     assert run("report", *common, *budget) == table
+    paired = run("report", *common, *budget, "--pairs", "dm:ddm", "--results", str(tmp_path / "p"))
+    pair = read_json(tmp_path / "p.json")["pairs"][0]
+    assert (pair["a"], pair["b"], set(pair["per_seed"])) == ("dm", "ddm", {"0", "1"})
+    seed_means = {r: summary[r]["convnet"]["seed_means"] for r in ("dm", "ddm")}
+    for s in ("0", "1"):
+        assert pair["per_seed"][s] == pytest.approx(seed_means["ddm"][s] - seed_means["dm"][s])
+    assert pair["mean"] == pytest.approx(sum(pair["per_seed"].values()) / 2)
+    assert f"| ddm - dm | convnet | {pair['mean']:+.2f} |" in paired
 
 
 def test_term_scales_reports_every_active_term(tmp_path):
