@@ -93,6 +93,8 @@ def cmd_condense(args: argparse.Namespace) -> None:
             for stage in stages:
                 if (folder / f"it{stage}" / META_FILE).exists():
                     continue
+                # float32 unless a row says otherwise: the README's tables were made so
+                overrides = {"precision": "fp32", **overrides}
                 cfg = CondenseConfig(
                     dataset=args.dataset,
                     data_root=args.data_root,
@@ -229,15 +231,45 @@ def cmd_report(args: argparse.Namespace) -> None:
             else:
                 cells.append("-")
         lines.append(f"| {r} | " + " | ".join(cells) + f" | {', '.join(map(str, sorted(seeds)))} |")
+    pairs = _pairs(summary, args.pairs or [], models)
+    if pairs:
+        lines += ["", "| pair (B - A) | model | difference | per seed |", "|---|---|---|---|"]
+        for p in pairs:
+            per = ", ".join(f"s{s} {d:+.2f}" for s, d in p["per_seed"].items())
+            lines.append(f"| {p['b']} - {p['a']} | {p['model']} | {p['mean']:+.2f} | {per} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.results:
         base = Path(args.results)
         base.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(base.with_suffix(".md"), text.encode())
-        atomic_write_json(base.with_suffix(".json"), {"rows": summary, "raw": _jsonable(table)})
+        record = {"rows": summary, "raw": _jsonable(table)}
+        if pairs:
+            record["pairs"] = pairs
+        atomic_write_json(base.with_suffix(".json"), record)
     if args.figure:
         _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds, args.rows)
+
+
+def _pairs(summary: dict, specs: list[str], models: list[str]) -> list[dict]:
+    """``A:B`` -> B's seed mean minus A's, per condensation seed both rows have, and their
+    mean (the rows' same-seed sets share initial images and draws, so the pairing is by seed)."""
+    pairs = []
+    for spec in specs:
+        a, sep, b = spec.partition(":")
+        if not sep:
+            raise SystemExit(f"--pairs takes A:B (two row names), got {spec!r}")
+        for m in models:
+            ra, rb = summary.get(a, {}).get(m), summary.get(b, {}).get(m)
+            if ra is None or rb is None:
+                continue
+            seeds = sorted(set(ra["seed_means"]) & set(rb["seed_means"]), key=int)
+            if not seeds:
+                continue
+            per = {s: rb["seed_means"][s] - ra["seed_means"][s] for s in seeds}
+            mean = sum(per.values()) / len(per)
+            pairs.append({"a": a, "b": b, "model": m, "mean": mean, "per_seed": per})
+    return pairs
 
 
 def _jsonable(table: dict) -> dict:
@@ -333,6 +365,12 @@ def main() -> None:
     r = sub.choices["report"]
     r.add_argument("--results", default=None, help="path stem for .md and .json")
     r.add_argument("--figure", default=None)
+    r.add_argument(
+        "--pairs",
+        nargs="*",
+        default=None,
+        help="A:B row pairs: B - A per condensation seed (e.g. dm:dm-bf16)",
+    )
     r.add_argument("--base-row", default="dm")
     r.add_argument("--figure-seeds", type=int, nargs="*", default=None)
     args = p.parse_args()

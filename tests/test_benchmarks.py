@@ -180,6 +180,14 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
     assert "| dm |" in bf16 and "| ddm |" not in bf16
     assert read_json(tmp_path / "b.json")["rows"]["dm"]["convnet"]["n"] == 2
     assert run("report", *common, *budget) == table
+    paired = run("report", *common, *budget, "--pairs", "dm:ddm", "--results", str(tmp_path / "p"))
+    pair = read_json(tmp_path / "p.json")["pairs"][0]
+    assert (pair["a"], pair["b"], set(pair["per_seed"])) == ("dm", "ddm", {"0", "1"})
+    seed_means = {r: summary[r]["convnet"]["seed_means"] for r in ("dm", "ddm")}
+    for s in ("0", "1"):
+        assert pair["per_seed"][s] == pytest.approx(seed_means["ddm"][s] - seed_means["dm"][s])
+    assert pair["mean"] == pytest.approx(sum(pair["per_seed"].values()) / 2)
+    assert f"| ddm - dm | convnet | {pair['mean']:+.2f} |" in paired
 
 
 def test_term_scales_reports_every_active_term(tmp_path):
@@ -208,3 +216,22 @@ def test_term_scales_reports_every_active_term(tmp_path):
     assert terms["mmd"]["cos"] == pytest.approx(1.0, abs=1e-5)
     for name in ("mm", "cm", "cd", "sd"):
         assert terms[name]["grad"] > 0 and -1 <= terms[name]["cos"] <= 1
+
+
+def test_precision_sizes_prints_a_ratio_per_image_size():
+    cmd = [sys.executable, str(BENCH / "precision_sizes.py"), "--real", "16", "--reps", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "x" in line]
+    rows = [r for r in rows if r.split("|")[1].strip()[0].isdigit()]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "1x8x8",
+        "3x16x16",
+        "1x28x28",
+        "3x32x32",
+        "3x64x64",
+    ]
+    for row in rows:
+        cond, train = (float(v) for v in row.split("|")[3:5])
+        assert cond > 0 and train > 0

@@ -76,7 +76,12 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("model-train-steps", int, "IDM SGD steps per trained queue model"),
     ("model-batch", int, "IDM real images per queue-training step"),
     ("model-lr", float, "IDM queue-model learning rate"),
-    ("precision", str, "auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units)"),
+    (
+        "precision",
+        str,
+        "auto | fp32 | bf16; auto: bf16 where the hardware has bf16 units and the "
+        "images are >= 16 pixels across, else fp32",
+    ),
     ("device", str, "auto | cpu | cuda[:N]"),
     ("checkpoint-every", int, "iterations between checkpoints (0: only at the end)"),
     ("real-chunk", int, "real images per no-grad forward (0: automatic)"),
@@ -156,7 +161,8 @@ def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(
         "--precision",
         default=d.precision,
-        help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units; %(default)s)",
+        help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units and the images "
+        "are >= 16 pixels across; default %(default)s)",
     )
 
 

@@ -405,7 +405,7 @@ class _Run:
         self.device = dist.resolve_device(cfg.device)
         dist.init(self.device)
         # the resolved precision (fp32 | bf16) is the run's setting from here on
-        precision = resolve_precision(cfg.precision, self.device)
+        precision = resolve_precision(cfg.precision, self.device, dataset.image_size)
         self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
         if dist.world_size() > dataset.num_classes:
             raise ValueError(

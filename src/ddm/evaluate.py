@@ -90,7 +90,8 @@ def accuracy(
     """Percent of ``images`` classified correctly (eval mode, no grad, in batches)."""
     net.eval()
     correct = 0
-    with torch.no_grad(), autocast(resolve_precision(precision, device), device):
+    resolved = resolve_precision(precision, device, images.shape[-1])
+    with torch.no_grad(), autocast(resolved, device):
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device, non_blocking=True)
             pred = net(x).argmax(1).cpu()
@@ -114,8 +115,8 @@ def train_and_test(
     Under bf16 precision the forward passes run in bf16 autocast; the loss is float32.
     """
     device = dist.resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
     channels, size = train_x.shape[1], train_x.shape[-1]
+    precision = resolve_precision(cfg.precision, device, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
         extra = {"depth": cfg.depth} if cfg.depth else {}
@@ -185,7 +186,7 @@ def evaluate_set(
         done.update(part)
     accs = [done[run][0] for run in range(cfg.runs)]
     train_accs = [done[run][1] for run in range(cfg.runs)]
-    precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device))
+    precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
     seconds = time.perf_counter() - t0
     return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision)
 
