@@ -83,6 +83,8 @@ def cmd_condense(args: argparse.Namespace) -> None:
     stages = sorted({*args.snapshots, args.iterations})
     for spec in args.rows:
         name, method, overrides = parse_row(spec)
+        # float32 unless a row says otherwise: the README's tables were made so
+        overrides = {"precision": "fp32", **overrides}
         for seed in args.seeds:
             folder = Path(args.out) / name / f"s{seed}"
             if method == "random":
@@ -93,8 +95,6 @@ def cmd_condense(args: argparse.Namespace) -> None:
             for stage in stages:
                 if (folder / f"it{stage}" / META_FILE).exists():
                     continue
-                # float32 unless a row says otherwise: the README's tables were made so
-                overrides = {"precision": "fp32", **overrides}
                 cfg = CondenseConfig(
                     dataset=args.dataset,
                     data_root=args.data_root,
