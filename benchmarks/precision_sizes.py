@@ -5,9 +5,11 @@ The condensation step is DM's: a no-grad forward of the real batch and a forward
 the synthetic images; the training step is one SGD step of the network on a batch of 256. This
 is what ``ddm.runtime.BF16_MIN_IMAGE_SIZE`` (``--precision auto`` keeps smaller images in
 float32) was chosen from. Meaningful only on hardware with bf16 units (elsewhere bf16 is
-emulated and every ratio is far above 1).
+emulated and the ratios are above 1). A CPU without them can be imitated on one that has them by
+capping oneDNN (as on Cascade Lake; ``--precision auto`` then resolves to fp32):
 
     python benchmarks/precision_sizes.py --threads 1
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python benchmarks/precision_sizes.py --threads 1
 """
 
 from __future__ import annotations

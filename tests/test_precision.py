@@ -71,6 +71,60 @@ def test_cpu_query_falls_back_to_cpuinfo(monkeypatch):
     assert isinstance(runtime._cpu_has_bf16_units(), bool)
 
 
+def _cpu(monkeypatch, *, onednn, avx512_bf16=False, amx=False, machine="x86_64", cap=None):
+    """Pretend to be a CPU: oneDNN's answer, the x86 units, the architecture, the ISA cap."""
+    monkeypatch.setattr(runtime, "_onednn_bf16_query", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    if cap is not None:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    return resolve_precision("auto", CPU, image_size=32)
+
+
+def test_auto_needs_bf16_units_not_only_avx512(monkeypatch):
+    # Cascade Lake / Ice Lake: oneDNN says bf16 is supported (emulated), but there are no units
+    assert _cpu(monkeypatch, onednn=True) == "fp32"
+    assert _cpu(monkeypatch, onednn=True, avx512_bf16=True) == "bf16"  # Cooper Lake, Zen 4
+    assert _cpu(monkeypatch, onednn=True, amx=True) == "bf16"  # Sapphire Rapids
+    assert _cpu(monkeypatch, onednn=None, avx512_bf16=True) == "bf16"  # torch without the query
+    assert _cpu(monkeypatch, onednn=False, avx512_bf16=True) == "fp32"  # oneDNN will not run it
+    # oneDNN capped below the bf16 instructions: emulated even where the units exist
+    assert _cpu(monkeypatch, onednn=True, avx512_bf16=True, cap="avx512_core_vnni") == "fp32"
+    assert _cpu(monkeypatch, onednn=True, avx512_bf16=True, cap="AVX2") == "fp32"
+    assert _cpu(monkeypatch, onednn=True, avx512_bf16=True, cap="AVX512_CORE_BF16") == "bf16"
+    assert _cpu(monkeypatch, onednn=True, avx512_bf16=True, cap="AVX512_CORE_AMX") == "bf16"
+    # other architectures: oneDNN's query (on ARM it checks the bf16 extension)
+    assert _cpu(monkeypatch, onednn=True, machine="aarch64") == "bf16"
+    assert _cpu(monkeypatch, onednn=False, machine="aarch64") == "fp32"
+    assert _cpu(monkeypatch, onednn=None, machine="aarch64") == "fp32"
+
+
+def test_x86_units_fall_back_to_cpuinfo_flags(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert runtime._x86_bf16_units()
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert not runtime._x86_bf16_units()
+
+
+def test_auto_under_a_real_onednn_isa_cap_is_float32():
+    # not mocked: a fresh process whose oneDNN is capped at AVX-512 without bf16 (as on a
+    # Cascade Lake machine) must keep float32, whatever this machine's CPU has
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch; from ddm.runtime import resolve_precision as r; "
+    code += "print(r('auto', torch.device('cpu'), 32))"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "fp32"
+
+
 def test_unknown_precision_is_one_clear_error():
     with pytest.raises(ValueError, match="known: auto, fp32, bf16"):
         resolve_precision("fp16", CPU)
