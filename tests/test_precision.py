@@ -102,6 +102,22 @@ def test_auto_needs_bf16_units_not_only_avx512(monkeypatch):
     assert _cpu(monkeypatch, onednn=None, machine="aarch64") == "fp32"
 
 
+def test_cuda_bf16_needs_tensor_cores_not_emulation(monkeypatch):
+    class Props:
+        def __init__(self, major):
+            self.major = major
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation too
+    for major, fast in ((7, False), (8, True), (9, True)):  # V100 / T4, A100, H100
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i, m=major: Props(m))
+        assert bf16_fast(torch.device("cuda", 0)) is fast
+        assert resolve_precision("auto", torch.device("cuda", 0)) == ("bf16" if fast else "fp32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not bf16_fast(torch.device("cuda", 0))
+
+
 def test_x86_units_fall_back_to_cpuinfo_flags(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})

@@ -132,10 +132,20 @@ def _cpu_has_bf16_units() -> bool:
 
 
 def bf16_fast(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast on ``device``: a CUDA GPU with bf16, or a CPU whose oneDNN
-    has bf16 dot-product units (avx512_bf16, AMX). Elsewhere bf16 is emulated, 5-10x slower."""
+    """Whether bf16 autocast is fast on ``device``: a CUDA GPU with bf16 tensor cores (compute
+    capability 8.0 on, Ampere; ROCm GPUs), or a CPU with bf16 dot-product units that oneDNN
+    uses (``_cpu_has_bf16_units``). Elsewhere bf16 is emulated, several times slower.
+
+    ``torch.cuda.is_bf16_supported()`` is not the test: by default it also says yes on V100
+    and T4, where bf16 runs emulated (its ``including_emulation``).
+    """
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:
+            return True
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).major >= 8
     if device.type == "cpu":
         return _cpu_has_bf16_units()
     return False
