@@ -237,6 +237,20 @@ def cmd_report(args: argparse.Namespace) -> None:
         for p in pairs:
             per = ", ".join(f"s{s} {d:+.2f}" for s, d in p["per_seed"].items())
             lines.append(f"| {p['b']} - {p['a']} | {p['model']} | {p['mean']:+.2f} | {per} |")
+    by_it = _pairs_by_iteration(table, args.pairs or [], models) if args.by_iteration else []
+    if by_it:
+        lines += [
+            "",
+            "| iterations | pair (B - A) | model | A | B | difference | per seed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in by_it:
+            per = ", ".join(f"s{s} {d:+.2f}" for s, d in p["per_seed"].items())
+            cells = [f"{m:.2f} +- {sd:.2f} ({n})" for m, sd, n in (p["a_stats"], p["b_stats"])]
+            lines.append(
+                f"| {p['iteration']} | {p['b']} - {p['a']} | {p['model']} | {cells[0]} | "
+                f"{cells[1]} | {p['mean']:+.2f} | {per} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.results:
@@ -246,6 +260,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         record = {"rows": summary, "raw": _jsonable(table)}
         if pairs:
             record["pairs"] = pairs
+        if by_it:
+            record["pairs_by_iteration"] = by_it
         atomic_write_json(base.with_suffix(".json"), record)
     if args.figure:
         _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds, args.rows)
@@ -270,6 +286,39 @@ def _pairs(summary: dict, specs: list[str], models: list[str]) -> list[dict]:
             mean = sum(per.values()) / len(per)
             pairs.append({"a": a, "b": b, "model": m, "mean": mean, "per_seed": per})
     return pairs
+
+
+def _pairs_by_iteration(table: dict, specs: list[str], models: list[str]) -> list[dict]:
+    """``A:B`` at every iteration both rows have sets for (the snapshots of one run each):
+    B's seed mean minus A's per seed both have there, their mean, and each row's mean +- std
+    over the models of those seeds (Figure B's table)."""
+    out = []
+    for spec in specs:
+        a, _, b = spec.partition(":")
+        for m in models:
+            for it in sorted(set(table.get(a, {})) & set(table.get(b, {}))):
+                pa, pb = table[a][it].get(m, {}), table[b][it].get(m, {})
+                seeds = sorted(set(pa) & set(pb))
+                if not seeds:
+                    continue
+                per = {str(s): _stats(pb[s])[0] - _stats(pa[s])[0] for s in seeds}
+                stats = [
+                    (*_stats(accs), len(accs))
+                    for accs in ([x for s in seeds for x in side[s]] for side in (pa, pb))
+                ]
+                out.append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "model": m,
+                        "iteration": it,
+                        "mean": sum(per.values()) / len(per),
+                        "per_seed": per,
+                        "a_stats": stats[0],
+                        "b_stats": stats[1],
+                    }
+                )
+    return out
 
 
 def _jsonable(table: dict) -> dict:
@@ -370,6 +419,11 @@ def main() -> None:
         nargs="*",
         default=None,
         help="A:B row pairs: B - A per condensation seed (e.g. dm:dm-bf16)",
+    )
+    r.add_argument(
+        "--by-iteration",
+        action="store_true",
+        help="also each --pairs difference at every iteration both rows have (snapshots)",
     )
     r.add_argument("--base-row", default="dm")
     r.add_argument("--figure-seeds", type=int, nargs="*", default=None)

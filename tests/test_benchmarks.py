@@ -180,7 +180,8 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
     assert "| dm |" in bf16 and "| ddm |" not in bf16
     assert read_json(tmp_path / "b.json")["rows"]["dm"]["convnet"]["n"] == 2
     assert run("report", *common, *budget) == table
-    paired = run("report", *common, *budget, "--pairs", "dm:ddm", "--results", str(tmp_path / "p"))
+    p1 = tmp_path / "p"
+    paired = run("report", *common, *budget, "--pairs", "dm:ddm", "--results", str(p1))
     pair = read_json(tmp_path / "p.json")["pairs"][0]
     assert (pair["a"], pair["b"], set(pair["per_seed"])) == ("dm", "ddm", {"0", "1"})
     seed_means = {r: summary[r]["convnet"]["seed_means"] for r in ("dm", "ddm")}
@@ -188,6 +189,19 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
         assert pair["per_seed"][s] == pytest.approx(seed_means["ddm"][s] - seed_means["dm"][s])
     assert pair["mean"] == pytest.approx(sum(pair["per_seed"].values()) / 2)
     assert f"| ddm - dm | convnet | {pair['mean']:+.2f} |" in paired
+    # the same pair at every snapshot (Figure B's table), from the raw accuracies
+    run("report", *common, *budget, "--pairs", "dm:ddm", "--by-iteration", "--results", str(p1))
+    by_it = read_json(p1.with_suffix(".json"))["pairs_by_iteration"]
+    both = {"0", "1"}
+    assert [(d["iteration"], set(d["per_seed"])) for d in by_it] == [(1, both), (3, both)]
+    raw = read_json(tmp_path / "res" / "a.json")["raw"]
+    for d in by_it:
+        it = str(d["iteration"])
+        for s in ("0", "1"):
+            dm, ddm = raw["dm"][it]["convnet"][s], raw["ddm"][it]["convnet"][s]
+            assert d["per_seed"][s] == pytest.approx(sum(ddm) / 2 - sum(dm) / 2)
+        assert d["a_stats"][2] == d["b_stats"][2] == 4
+    assert by_it[1]["mean"] == pytest.approx(pair["mean"])  # the final iteration: --pairs' value
 
 
 def test_term_scales_reports_every_active_term(tmp_path):
