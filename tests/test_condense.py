@@ -466,6 +466,21 @@ def test_released_form_resumes_exactly(tmp_path, digits, monkeypatch, base):
     assert torch.equal(whole.images, resumed.images)
 
 
+@pytest.mark.parametrize("form", [None, "paper", "released"])
+def test_finished_run_continued_equals_a_longer_run(tmp_path, digits, form):
+    # Figure B past Table A's budget continues finished 500-iteration runs: a finished run
+    # resumed with more iterations must end where one uninterrupted longer run ends
+    cfg = TINY if form is None else dataclasses.replace(REL, form=form, ipc=2)
+    longer = dataclasses.replace(cfg, iterations=cfg.iterations + 3)
+    whole = condense(longer, tmp_path / "whole", dataset=digits, progress=False)
+    condense(cfg, tmp_path / "cont", dataset=digits, progress=False)
+    cont = condense(longer, tmp_path / "cont", dataset=digits, resume=True, progress=False)
+    assert torch.equal(whole.images, cont.images)
+    assert [r["loss"] for r in _log_rows(tmp_path / "whole")] == [
+        r["loss"] for r in _log_rows(tmp_path / "cont")
+    ]
+
+
 def test_released_form_differs_from_paper_form(digits):
     paper = condense(dataclasses.replace(REL, form="paper"), dataset=digits, progress=False)
     rel = condense(REL, dataset=digits, progress=False)

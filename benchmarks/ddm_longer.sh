@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 9, Figure B past Table A's budget: does the gain over DM grow with the iterations?
+#
+# Copies Table A's DM, paper-DDM and released-DDM runs (runs/ev/a, 500 iterations) into OUT
+# (runs/ev/b; Table A itself stays at 500) and continues them to ITERS iterations, keeping the
+# sets at 100 / 300 / 500 (with their evaluations). Every draw of the loop is keyed by (seed,
+# iteration, class) and the learning rate is constant, so a continued run ends exactly where an
+# uninterrupted ITERS-iteration run ends (tests/test_condense.py). Then each set at ITERS is
+# evaluated as in Table A (ConvNet, 200 epochs x 3 models, float32) and the gains are reported
+# at every iteration, paired by seed. One thread; resumable (run it again to continue).
+#
+#   benchmarks/ddm_longer.sh                       # 1000 iterations, seeds 0 and 1
+#   ROWS="dm ddm" SEEDS=0 ITERS=2000 benchmarks/ddm_longer.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ROOT=${DATA_ROOT:-../shared/data}
+FROM=${FROM:-runs/ev/a}
+OUT=${OUT:-runs/ev/b}
+SEEDS=${SEEDS:-0 1}
+ROWS=${ROWS:-dm ddm ddm-paper}
+ITERS=${ITERS:-1000}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+EV="$PY benchmarks/evidence.py"
+C=(--out "$OUT" --data-root "$ROOT")
+if [ -n "${WAIT_PID:-}" ]; then
+    while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 15; done
+fi
+for seed in $SEEDS; do
+    for row in $ROWS; do
+        if [ ! -e "$OUT/$row/s$seed" ]; then
+            if [ ! -e "$FROM/$row/s$seed/checkpoint.safetensors" ]; then
+                echo "no run $FROM/$row/s$seed to continue: make Table A first" \
+                    "(benchmarks/ddm_evidence.sh)" >&2
+                exit 1
+            fi
+            mkdir -p "$OUT/$row"
+            cp -a "$FROM/$row/s$seed" "$OUT/$row/s$seed.part"
+            mv "$OUT/$row/s$seed.part" "$OUT/$row/s$seed"
+        fi
+        $EV condense "${C[@]}" --rows "$row" --seeds "$seed" --iterations "$ITERS" \
+            --snapshots 100 300 500 --batch-real 128
+        $EV evaluate "${C[@]}" --rows "$row" --seeds "$seed" --epochs 200 --runs 3
+    done
+done
+# shellcheck disable=SC2086
+$EV report "${C[@]}" --rows $ROWS --epochs 200 --runs 3 --pairs dm:ddm-paper dm:ddm \
+    --by-iteration --results benchmarks/results/figure_b \
+    --figure docs/ddm_gain_vs_iterations_long.png --figure-seeds $SEEDS
