@@ -117,9 +117,9 @@ def _cpu_has_bf16_units() -> bool:
 
     oneDNN's query alone is not enough: it says yes on every AVX-512 CPU (Skylake-SP, Cascade
     Lake, Ice Lake), where bf16 is emulated; measured with oneDNN capped at AVX512_CORE_VNNI on
-    this machine, a bf16 condensation step took 2.0x its float32 time (AVX2: 23x). So on x86 it
-    also takes the units themselves (avx512_bf16 or AMX) and oneDNN not capped below them; on
-    other CPUs (ARM) oneDNN's query, which there checks the bf16 extension.
+    this machine, a bf16 condensation step took 2.0-2.3x its float32 time (AVX2: 23x). So on x86
+    it also takes the units themselves (avx512_bf16 or AMX) and oneDNN not capped below them;
+    on other CPUs (ARM) oneDNN's query, which there checks the bf16 extension.
     """
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False  # bf16 convolutions would take ATen's slow path
