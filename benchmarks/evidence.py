@@ -231,7 +231,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             else:
                 cells.append("-")
         lines.append(f"| {r} | " + " | ".join(cells) + f" | {', '.join(map(str, sorted(seeds)))} |")
-    pairs = _pairs(summary, args.pairs or [], models)
+    pairs = _pairs(table, final_it, args.pairs or [], models)
     if pairs:
         lines += ["", "| pair (B - A) | model | difference | per seed |", "|---|---|---|---|"]
         for p in pairs:
@@ -267,57 +267,62 @@ def cmd_report(args: argparse.Namespace) -> None:
         _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds, args.rows)
 
 
-def _pairs(summary: dict, specs: list[str], models: list[str]) -> list[dict]:
-    """``A:B`` -> B's seed mean minus A's, per condensation seed both rows have, and their
-    mean (the rows' same-seed sets share initial images and draws, so the pairing is by seed)."""
-    pairs = []
+def _pair_specs(specs: list[str]) -> list[tuple[str, str]]:
+    out = []
     for spec in specs:
         a, sep, b = spec.partition(":")
         if not sep:
             raise SystemExit(f"--pairs takes A:B (two row names), got {spec!r}")
+        out.append((a, b))
+    return out
+
+
+def _paired(pa: dict, pb: dict) -> dict | None:
+    """Two rows' accuracies per seed ({seed: [accuracies]}) -> B's seed mean minus A's per
+    seed both have, their mean, and each side's mean, std and count over those seeds' models
+    (the rows' same-seed sets share initial images and draws, so the pairing is by seed)."""
+    seeds = sorted(set(pa) & set(pb))
+    if not seeds:
+        return None
+    per = {str(s): _stats(pb[s])[0] - _stats(pa[s])[0] for s in seeds}
+    a_stats, b_stats = (
+        (*_stats(accs), len(accs))
+        for accs in ([x for s in seeds for x in side[s]] for side in (pa, pb))
+    )
+    return {
+        "mean": sum(per.values()) / len(per),
+        "per_seed": per,
+        "a_stats": a_stats,
+        "b_stats": b_stats,
+    }
+
+
+def _pairs(table: dict, final_it: dict, specs: list[str], models: list[str]) -> list[dict]:
+    """``A:B`` -> B - A per condensation seed, for each row's final sets (``_paired``)."""
+    pairs = []
+    for a, b in _pair_specs(specs):
+        if a not in final_it or b not in final_it:
+            continue
         for m in models:
-            ra, rb = summary.get(a, {}).get(m), summary.get(b, {}).get(m)
-            if ra is None or rb is None:
-                continue
-            seeds = sorted(set(ra["seed_means"]) & set(rb["seed_means"]), key=int)
-            if not seeds:
-                continue
-            per = {s: rb["seed_means"][s] - ra["seed_means"][s] for s in seeds}
-            mean = sum(per.values()) / len(per)
-            pairs.append({"a": a, "b": b, "model": m, "mean": mean, "per_seed": per})
+            pa, pb = table[a][final_it[a]].get(m, {}), table[b][final_it[b]].get(m, {})
+            got = _paired(pa, pb)
+            if got:
+                pairs.append(
+                    {"a": a, "b": b, "model": m, "mean": got["mean"], "per_seed": got["per_seed"]}
+                )
     return pairs
 
 
 def _pairs_by_iteration(table: dict, specs: list[str], models: list[str]) -> list[dict]:
     """``A:B`` at every iteration both rows have sets for (the snapshots of one run each):
-    B's seed mean minus A's per seed both have there, their mean, and each row's mean +- std
-    over the models of those seeds (Figure B's table)."""
+    ``_paired`` there (Figure B's table)."""
     out = []
-    for spec in specs:
-        a, _, b = spec.partition(":")
+    for a, b in _pair_specs(specs):
         for m in models:
             for it in sorted(set(table.get(a, {})) & set(table.get(b, {}))):
-                pa, pb = table[a][it].get(m, {}), table[b][it].get(m, {})
-                seeds = sorted(set(pa) & set(pb))
-                if not seeds:
-                    continue
-                per = {str(s): _stats(pb[s])[0] - _stats(pa[s])[0] for s in seeds}
-                stats = [
-                    (*_stats(accs), len(accs))
-                    for accs in ([x for s in seeds for x in side[s]] for side in (pa, pb))
-                ]
-                out.append(
-                    {
-                        "a": a,
-                        "b": b,
-                        "model": m,
-                        "iteration": it,
-                        "mean": sum(per.values()) / len(per),
-                        "per_seed": per,
-                        "a_stats": stats[0],
-                        "b_stats": stats[1],
-                    }
-                )
+                got = _paired(table[a][it].get(m, {}), table[b][it].get(m, {}))
+                if got:
+                    out.append({"a": a, "b": b, "model": m, "iteration": it, **got})
     return out
 
 
