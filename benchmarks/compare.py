@@ -27,7 +27,7 @@ from ddm.baselines import herding, random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import evaluate_set, find_evaluation, record_metrics
+from ddm.evaluate import evaluate_folder, find_evaluation, set_fingerprint
 from ddm.io import (
     META_FILE,
     atomic_write_bytes,
@@ -129,10 +129,9 @@ def main() -> None:
                 condense(cfg, folder, dataset=dataset, resume=resume)
         build_s = time.perf_counter() - t0
         syn = load_synthetic(folder)
-        entry = find_evaluation(folder, ecfg, precision)
+        entry = find_evaluation(folder, ecfg, precision, set_fingerprint(syn))
         if entry is None:
-            result = evaluate_set(syn, dataset, ecfg)
-            record_metrics(folder, result, ecfg)
+            result = evaluate_folder(folder, syn, dataset, ecfg)
             entry = result.to_dict(ecfg)
         results.append((name, method, overrides, entry, build_s))
         print(f"{name}: {entry['mean']:.2f} +- {entry['std']:.2f}", file=sys.stderr, flush=True)

@@ -33,7 +33,7 @@ from ddm.baselines import random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import entry_precision, evaluate_set, find_evaluation, record_metrics
+from ddm.evaluate import entry_precision, evaluate_folder, find_evaluation
 from ddm.io import (
     META_FILE,
     SYNTHETIC_FILE,
@@ -165,8 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         for folder in folders:
             if find_evaluation(folder, ecfg, precision):
                 continue
-            result = evaluate_set(load_synthetic(folder), dataset, ecfg, progress=args.progress)
-            record_metrics(folder, result, ecfg)
+            syn = load_synthetic(folder)
+            result = evaluate_folder(folder, syn, dataset, ecfg, progress=args.progress)
             print(f"{folder.relative_to(out)} {model}: {result}", file=sys.stderr, flush=True)
 
 

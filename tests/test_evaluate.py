@@ -162,3 +162,99 @@ def test_herding_baseline(digits):
     syn = herding(digits, 3, seed=0, epochs=1, progress=False)
     assert syn.images.shape == (30, 1, 8, 8) and syn.meta["method"] == "herding"
     assert syn.labels.tolist() == [c for c in range(10) for _ in range(3)]
+
+
+# --- resumable, model-by-model evaluation of a run folder -------------------------------------
+
+
+def _counting(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """Count the models ``train_and_test`` trains (by run index); raise at call ``fail_at``."""
+    import ddm.evaluate as ev
+
+    calls: list[int] = []
+    real = train_and_test  # the module's own, also when an earlier spy is still in place
+
+    def spy(*args, **kwargs):
+        if fail_at is not None and len(calls) == fail_at:
+            raise KeyboardInterrupt  # the process is stopped mid-evaluation
+        calls.append(kwargs["run"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "train_and_test", spy)
+    return calls
+
+
+def test_interrupted_evaluation_continues_where_it_stopped(tmp_path, digits, monkeypatch):
+    """Stopped after one of three models: the model is in metrics.json, and the next call
+    trains only the other two and gives the uninterrupted evaluation's numbers."""
+    syn = random_subset(digits, 2, seed=0)
+    cfg = EvalConfig(epochs=3, runs=3)
+    whole = evaluate_set(syn, digits, cfg, progress=False)
+    save_synthetic(tmp_path, syn)
+    calls = _counting(monkeypatch, fail_at=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
+    metrics = read_json(tmp_path / "metrics.json")
+    assert metrics["evaluations"] == [] and calls == [0]
+    (partial,) = metrics["partial"]
+    assert partial["run_indices"] == [0] and partial["accuracies"] == [whole.accuracies[0]]
+
+    calls = _counting(monkeypatch)
+    result = evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
+    assert calls == [1, 2] and result.reused == 1
+    assert result.accuracies == whole.accuracies  # the partial record is not rounded
+    assert result.train_accuracies == whole.train_accuracies
+    metrics = read_json(tmp_path / "metrics.json")
+    assert "partial" not in metrics  # finished: only the whole entry is left
+    assert [e["runs"] for e in metrics["evaluations"]] == [3]
+
+
+def test_more_models_reuse_the_ones_trained(tmp_path, digits, monkeypatch):
+    """--runs 3 after --runs 2 trains one model; --runs 1 after that trains none. A changed
+    protocol (epochs, precision) or another set reuses nothing."""
+    syn = random_subset(digits, 2, seed=0)
+    save_synthetic(tmp_path, syn)
+    cfg = EvalConfig(epochs=2, runs=2)
+    calls = _counting(monkeypatch)
+    two = evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
+    three = evaluate_run(tmp_path, dataclasses.replace(cfg, runs=3), dataset=digits, progress=False)
+    one = evaluate_run(tmp_path, dataclasses.replace(cfg, runs=1), dataset=digits, progress=False)
+    assert calls == [0, 1, 2]
+    # reused from finished entries, which keep 4 decimals
+    assert three.accuracies[:2] == pytest.approx(two.accuracies, abs=1e-4)
+    assert one.accuracies == pytest.approx(two.accuracies[:1], abs=1e-4)
+    assert (three.reused, one.reused) == (2, 1)
+    fresh = evaluate_set(syn, digits, dataclasses.replace(cfg, runs=3), progress=False)
+    assert three.accuracies == pytest.approx(fresh.accuracies, abs=1e-4)
+
+    calls.clear()
+    evaluate_run(tmp_path, dataclasses.replace(cfg, epochs=3), dataset=digits, progress=False)
+    assert calls == [0, 1]
+    calls.clear()
+    save_synthetic(tmp_path, random_subset(digits, 2, seed=1))  # e.g. a resumed condensation
+    other = evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
+    assert calls == [0, 1] and other.reused == 0
+
+
+def test_entries_name_their_set(tmp_path, digits):
+    """Every entry records the set's hash; ``find_evaluation`` with a hash skips the entries of
+    another set, and ``ddm show`` marks them."""
+    from ddm.cli import _summary
+    from ddm.evaluate import find_evaluation, set_fingerprint
+
+    first = random_subset(digits, 2, seed=0)
+    save_synthetic(tmp_path, first)
+    cfg = EvalConfig(epochs=2, runs=1)
+    evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
+    (entry,) = read_json(tmp_path / "metrics.json")["evaluations"]
+    assert entry["set"] == set_fingerprint(first)
+    assert find_evaluation(tmp_path, cfg, "fp32", set_fingerprint(first)) is not None
+    assert "earlier set" not in _summary(tmp_path)
+
+    second = random_subset(digits, 2, seed=1)
+    assert set_fingerprint(second) != set_fingerprint(first)
+    assert set_fingerprint(second) == set_fingerprint(random_subset(digits, 2, seed=1))
+    save_synthetic(tmp_path, second)
+    assert find_evaluation(tmp_path, cfg, "fp32", set_fingerprint(second)) is None
+    assert find_evaluation(tmp_path, cfg, "fp32") is not None  # no hash asked: as before
+    assert "earlier set" in _summary(tmp_path)

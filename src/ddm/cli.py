@@ -178,10 +178,15 @@ def _summary(folder: Path) -> str:
     ]
     metrics = folder / "metrics.json"
     if metrics.exists():
+        from .evaluate import set_fingerprint
+
+        current = set_fingerprint(syn)
         for e in read_json(metrics).get("evaluations", []):
+            stale = e.get("set", current) != current
             lines.append(
                 f"  {e['model']:<10} {e['epochs']:>5} epochs  {e['runs']} runs  "
                 f"{e['mean']:.2f} +- {e['std']:.2f} %"
+                + ("  (an earlier set of this folder)" if stale else "")
             )
     return "\n".join(lines)
 
@@ -251,7 +256,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import distributed as dist
     from .data import load_dataset
-    from .evaluate import evaluate_run, evaluate_set, record_metrics
+    from .evaluate import evaluate_folder, evaluate_run
     from .interop import import_set, is_run_folder
     from .io import RunFolderError
 
@@ -298,14 +303,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in paths:
         if path in imported:
             syn, out = imported[path]
-            result = evaluate_set(syn, dataset, cfg, progress=not args.quiet)
-            dist.on_main(record_metrics, out, result, cfg)
+            result = evaluate_folder(out, syn, dataset, cfg, progress=not args.quiet)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
                 path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
+        if result.reused:
+            where += f"  ({result.reused} of {cfg.runs} models from earlier in metrics.json)"
         dist.echo(
             f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
@@ -422,7 +428,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .condense import condense, prepare_run_folder
     from .config import CondenseConfig, EvalConfig
     from .data import load_dataset
-    from .evaluate import evaluate_set, record_metrics
+    from .evaluate import evaluate_folder
 
     out = Path(args.out)
     dataset = load_dataset("digits")
@@ -455,8 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         (args.method.upper(), syn, out / args.method),
         ("random subset", rand, rand_dir),
     ):
-        result = evaluate_set(s, dataset, ecfg, progress=not args.quiet)
-        record_metrics(folder, result, ecfg)
+        result = evaluate_folder(folder, s, dataset, ecfg, progress=not args.quiet)
         rows.append((name, f"{result} %"))
     print(
         f"\ndigits, ipc {args.ipc}, ConvNet, {args.epochs} epochs x {args.runs} runs "

@@ -7,12 +7,21 @@ set. Repeat with several seeds; report mean +- std (population std, as the field
 
 Under torchrun the runs of a set are spread over the processes (round-robin) and gathered;
 each run is seeded by (evaluation seed, run), so the numbers are those of one process.
+
+A run folder's evaluation (``evaluate_folder``) is resumable model by model: each trained model
+is recorded in ``metrics.json`` as it finishes (``"partial"``), and models already trained for
+the same set under the same protocol (by an interrupted evaluation, or a finished one with
+fewer or more runs) are reused, since model r depends on (seed, r) alone. Every entry names
+its set by a content hash (``"set"``), so the results of a folder's earlier set (a resumed
+condensation writes a new one) are never taken for the current set's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +43,16 @@ __all__ = [
     "EvalResult",
     "train_and_test",
     "evaluate_set",
+    "evaluate_folder",
     "evaluate_run",
+    "set_fingerprint",
+    "trained_runs",
     "accuracy",
     "METRICS_FILE",
 ]
 
 METRICS_FILE = "metrics.json"
+PARTIAL_KEY = "partial"  # metrics.json: models of unfinished evaluations, by run index
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,9 @@ class EvalResult:
     epochs: int
     accuracies: list[float]
     train_accuracies: list[float]
-    seconds: float
+    seconds: float  # training and testing time of the models trained in this call
     precision: str = "fp32"  # the resolved precision the models were trained in
+    reused: int = 0  # models taken from earlier evaluations of the same set (not retrained)
 
     @property
     def mean(self) -> float:
@@ -64,8 +78,8 @@ class EvalResult:
     def __str__(self) -> str:
         return f"{self.mean:.2f} +- {self.std:.2f}"
 
-    def to_dict(self, cfg: EvalConfig) -> dict[str, Any]:
-        return {
+    def to_dict(self, cfg: EvalConfig, fingerprint: str | None = None) -> dict[str, Any]:
+        entry = {
             "model": self.model,
             "epochs": self.epochs,
             "runs": len(self.accuracies),
@@ -77,6 +91,9 @@ class EvalResult:
             "seconds": round(self.seconds, 2),
             "protocol": {**cfg.to_dict(), "precision": self.precision},
         }
+        if fingerprint is not None:
+            entry["set"] = fingerprint
+        return entry
 
 
 def accuracy(
@@ -152,10 +169,15 @@ def evaluate_set(
     dataset: Dataset,
     cfg: EvalConfig,
     progress: bool = True,
+    trained: dict[int, tuple[float, float]] | None = None,
+    on_run: Callable[[dict[int, tuple[float, float]]], None] | None = None,
 ) -> EvalResult:
     """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set.
 
-    Under torchrun each process trains its share of the runs; every process returns them all.
+    ``trained`` maps run indices already trained for this set under ``cfg``'s protocol to their
+    (test %, train %); only the other runs train. ``on_run`` is called (by the main process)
+    with every run known so far after each model it trains. Under torchrun each process trains
+    its share of the runs; every process returns them all.
     """
     tune_allocator()
     dist.init(dist.resolve_device(cfg.device))
@@ -167,10 +189,12 @@ def evaluate_set(
     test_x, test_y = dataset.test_tensors()
     from tqdm.auto import tqdm
 
-    done: dict[int, tuple[float, float]] = {}  # run -> (test %, train %)
+    known = {r: v for r, v in (trained or {}).items() if r < cfg.runs}
+    done: dict[int, tuple[float, float]] = dict(known)  # run -> (test %, train %)
     t0 = time.perf_counter()
-    mine = dist.round_robin(cfg.runs)
-    show = progress and dist.is_main()
+    todo = [r for r in range(cfg.runs) if r not in known]
+    mine = todo[dist.rank() :: dist.world_size()]
+    show = progress and dist.is_main() and bool(mine)
     for run in tqdm(mine, desc=f"evaluate {cfg.model}", disable=not show, unit="model"):
         done[run] = train_and_test(
             images.float(),
@@ -182,13 +206,118 @@ def evaluate_set(
             cfg=cfg,
             run=run,
         )
+        if on_run is not None and dist.is_main():
+            on_run(dict(done))
     for part in dist.all_gather_object(done):
         done.update(part)
     accs = [done[run][0] for run in range(cfg.runs)]
     train_accs = [done[run][1] for run in range(cfg.runs)]
     precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
     seconds = time.perf_counter() - t0
-    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision)
+    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision, len(known))
+
+
+def set_fingerprint(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor]) -> str:
+    """A short content hash of a set (stored images, labels and expansion factor)."""
+    if isinstance(syn, SyntheticSet):
+        tensors, factor = (syn.images, syn.labels), syn.expansion_factor
+    else:
+        tensors, factor = syn, 1
+    h = hashlib.sha256(f"x{factor}".encode())
+    for t in tensors:
+        a = t.detach().cpu().contiguous()
+        a = a.float() if a.dtype in (torch.bfloat16, torch.float16) else a
+        h.update(f"{tuple(a.shape)}{a.dtype}".encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _protocol_key(protocol: dict[str, Any]) -> tuple:
+    """What decides a model's result, without the number of runs and the device name."""
+    values = {k: v for k, v in protocol.items() if k not in ("runs", "device")}
+    values.setdefault("precision", "fp32")
+    return tuple(sorted(values.items()))
+
+
+def trained_runs(
+    run_dir: Path, cfg: EvalConfig, precision: str, fingerprint: str
+) -> dict[int, tuple[float, float]]:
+    """Models already trained for the set ``fingerprint`` under ``cfg``'s protocol in
+    ``precision`` (resolved), by run index, from ``run_dir``'s metrics.json: finished
+    evaluations with any number of runs and interrupted ones. Entries without a set hash
+    (written before it was recorded) are not reused."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return {}
+    metrics = read_json(path)
+    want = _protocol_key({**cfg.to_dict(), "precision": precision})
+    found: dict[int, tuple[float, float]] = {}
+    for entry in [*metrics.get("evaluations", []), *metrics.get(PARTIAL_KEY, [])]:
+        if entry.get("set") != fingerprint or _protocol_key(entry.get("protocol", {})) != want:
+            continue
+        accs, train = entry.get("accuracies", []), entry.get("train_accuracies", [])
+        indices = entry.get("run_indices", range(len(accs)))
+        for r, a, t in zip(indices, accs, train, strict=False):
+            found.setdefault(int(r), (float(a), float(t)))
+    return found
+
+
+def record_partial(
+    run_dir: Path,
+    cfg: EvalConfig,
+    precision: str,
+    fingerprint: str,
+    done: dict[int, tuple[float, float]],
+) -> None:
+    """Record the models of an unfinished evaluation (atomically), replacing its last record."""
+    path = Path(run_dir) / METRICS_FILE
+    metrics = read_json(path) if path.exists() else {"evaluations": []}
+    protocol = {**cfg.to_dict(), "precision": precision}
+    want = _protocol_key(protocol)
+    runs = sorted(done)
+    entry = {
+        "model": cfg.model,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "set": fingerprint,
+        "run_indices": runs,
+        "accuracies": [done[r][0] for r in runs],
+        "train_accuracies": [done[r][1] for r in runs],
+        "protocol": protocol,
+    }
+    kept = [
+        e
+        for e in metrics.get(PARTIAL_KEY, [])
+        if not (e.get("set") == fingerprint and _protocol_key(e.get("protocol", {})) == want)
+    ]
+    metrics[PARTIAL_KEY] = [*kept, entry]
+    atomic_write_json(path, metrics)
+
+
+def evaluate_folder(
+    folder: str | os.PathLike,
+    syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor],
+    dataset: Dataset,
+    cfg: EvalConfig,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``syn`` and record the result in ``folder``'s metrics.json, model by model:
+    models this set already has under the same protocol are reused, and each new one is
+    recorded as it finishes, so an interrupted evaluation continues where it stopped."""
+    folder = Path(folder)
+    device = dist.resolve_device(cfg.device)
+    dist.init(device)
+    images = syn.images if isinstance(syn, SyntheticSet) else syn[0]
+    precision = resolve_precision(cfg.precision, device, images.shape[-1])
+    fingerprint = set_fingerprint(syn)
+    trained = dist.on_main(trained_runs, folder, cfg, precision, fingerprint)
+
+    def checkpoint(done: dict[int, tuple[float, float]]) -> None:
+        record_partial(folder, cfg, precision, fingerprint, done)
+
+    result = evaluate_set(syn, dataset, cfg, progress, trained=trained, on_run=checkpoint)
+    dist.on_main(record_metrics, folder, result, cfg, fingerprint)
+    return result
 
 
 def _check_compatible(syn: SyntheticSet, dataset: Dataset) -> None:
@@ -228,9 +357,7 @@ def evaluate_run(
         if root is None and (run_dir / "config.json").exists():
             root = read_json(run_dir / "config.json").get("data_root")
         dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
-    result = evaluate_set(syn, dataset, cfg, progress=progress)
-    dist.on_main(record_metrics, run_dir, result, cfg)
-    return result
+    return evaluate_folder(run_dir, syn, dataset, cfg, progress=progress)
 
 
 def entry_precision(entry: dict[str, Any]) -> str:
@@ -250,27 +377,45 @@ def evaluation_key(entry: dict[str, Any]) -> tuple:
     )
 
 
-def find_evaluation(run_dir: Path, cfg: EvalConfig, precision: str) -> dict[str, Any] | None:
+def find_evaluation(
+    run_dir: Path, cfg: EvalConfig, precision: str, fingerprint: str | None = None
+) -> dict[str, Any] | None:
     """The entry of ``run_dir``'s metrics.json for an evaluation like ``cfg`` (model, epochs,
-    runs, seed) trained in ``precision`` (resolved: fp32 | bf16), or None. Entries older than
-    the seed and precision fields count as seed 0 and float32."""
+    runs, seed) trained in ``precision`` (resolved: fp32 | bf16), or None; with ``fingerprint``,
+    an entry recorded for another set does not count. Entries older than the seed and
+    precision fields count as seed 0 and float32, entries without a set hash as this set's."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return None
     want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision)
     for entry in read_json(path).get("evaluations", []):
         model, epochs, runs, seed, prec = evaluation_key(entry)
-        if (model, epochs, runs, 0 if seed is None else seed, prec) == want:
+        if (model, epochs, runs, 0 if seed is None else seed, prec) != want:
+            continue
+        if fingerprint is None or entry.get("set") in (None, fingerprint):
             return entry
     return None
 
 
-def record_metrics(run_dir: Path, result: EvalResult, cfg: EvalConfig) -> None:
-    """Add (or replace: same model, epochs, runs, seed and precision) an entry in metrics.json."""
-    path = run_dir / METRICS_FILE
+def record_metrics(
+    run_dir: Path, result: EvalResult, cfg: EvalConfig, fingerprint: str | None = None
+) -> None:
+    """Add (or replace: same model, epochs, runs, seed and precision) an entry in metrics.json,
+    naming its set by ``fingerprint``; the record of the same set's unfinished evaluation
+    under this protocol goes."""
+    path = Path(run_dir) / METRICS_FILE
     metrics = read_json(path) if path.exists() else {"evaluations": []}
-    entry = result.to_dict(cfg)
+    entry = result.to_dict(cfg, fingerprint)
     key = evaluation_key(entry)
     kept = [e for e in metrics.get("evaluations", []) if evaluation_key(e) != key]
     metrics["evaluations"] = [*kept, entry]
+    if fingerprint is not None and PARTIAL_KEY in metrics:
+        want = _protocol_key(entry["protocol"])
+        metrics[PARTIAL_KEY] = [
+            e
+            for e in metrics[PARTIAL_KEY]
+            if not (e.get("set") == fingerprint and _protocol_key(e.get("protocol", {})) == want)
+        ]
+        if not metrics[PARTIAL_KEY]:
+            del metrics[PARTIAL_KEY]
     atomic_write_json(path, metrics)
