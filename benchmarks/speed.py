@@ -21,6 +21,9 @@ ddm, ...), so a busy machine slows every method alike and the ratios stay meanin
 
     python benchmarks/speed.py --paired --ipc 10 --methods dm ddm-paper ddm-released --iters 5
 
+A method name with ``+compile`` (``dm+compile``) is its ``--compile`` row in the same process;
+its warm-up iteration compiles, and its FLOPs are counted on the eager row's.
+
 Every claim is a ratio to the hardware: ``--paired`` first measures this machine's matmul
 throughput (GFLOPS, 2048 x 2048, float32 and bf16), counts each method's FLOPs in one iteration
 (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) and
@@ -151,11 +154,15 @@ def _make_run(args, name: str, ipc: int, dataset, precision: str | None = None):
     from ddm.condense import _Run
     from ddm.config import CondenseConfig, parse_overrides
 
+    name, compiled = name.removesuffix("+compile"), name.endswith("+compile")
     if name not in METHODS:
-        raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}, reference-style")
+        raise SystemExit(
+            f"unknown method {name!r}; known: {', '.join(METHODS)}, reference-style "
+            "(--paired: any of them + '+compile' for its torch.compile row)"
+        )
     method, extra = METHODS[name]
     extra = dict(extra)
-    if getattr(args, "compile", False):
+    if getattr(args, "compile", False) or compiled:
         extra["compile"] = True
     if precision is not None:
         extra["precision"] = precision
@@ -187,8 +194,13 @@ def paired(args) -> None:
         for p in args.precision:
             for m in args.methods:
                 runs[(m, p)] = _make_run(args, m, ipc, dataset, p)
-        for key, run in runs.items():
-            flops[key] = count_flops(run.step)[0]  # the warm-up iteration, counted
+        for key, run in runs.items():  # the warm-up iteration, counted
+            if key[0].endswith("+compile"):  # the FLOP counter and the compiler do not mix:
+                run.step()  # the same FLOPs as the eager row (compilation happens here)
+                eager = _make_run(args, key[0].removesuffix("+compile"), ipc, dataset, key[1])
+                flops[key] = count_flops(eager.step)[0]
+                continue
+            flops[key] = count_flops(run.step)[0]
         times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
         for _ in range(args.iters):
             for key, run in runs.items():

@@ -106,7 +106,12 @@ def _add_condense_flags(p: argparse.ArgumentParser) -> None:
     for flag, text in (
         ("bf16", "deprecated: --precision bf16"),
         ("channels-last", "channels-last memory format"),
-        ("compile", "torch.compile the matching network"),
+        (
+            "compile",
+            "torch.compile the network's embedding (DM, IDM: about 0.85-0.9x a DM iteration "
+            "on CPU after a first iteration that compiles; DDM's style passes stay eager; "
+            "needs a C++ compiler)",
+        ),
     ):
         p.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
 
