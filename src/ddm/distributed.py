@@ -13,7 +13,7 @@ from them (gloo on CPU, nccl on CUDA, one GPU per process: ``cuda:LOCAL_RANK``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -122,9 +122,11 @@ def shard(n: int, world: int | None = None, of_rank: int | None = None) -> range
     return range(start, start + counts[r])
 
 
-def round_robin(n: int) -> range:
-    """This rank's share of ``n`` independent jobs: ``rank, rank + world, ...``."""
-    return range(rank(), n, world_size())
+def round_robin(jobs: int | Sequence[T]) -> Sequence[T] | range:
+    """This rank's share of independent jobs (``jobs`` of them, or these): the ones at
+    positions ``rank, rank + world, ...``."""
+    items = range(jobs) if isinstance(jobs, int) else jobs
+    return items[rank() :: world_size()]
 
 
 # --- collectives (identity in one process) ----------------------------------------------------

@@ -193,7 +193,7 @@ def evaluate_set(
     done: dict[int, tuple[float, float]] = dict(known)  # run -> (test %, train %)
     t0 = time.perf_counter()
     todo = [r for r in range(cfg.runs) if r not in known]
-    mine = todo[dist.rank() :: dist.world_size()]
+    mine = dist.round_robin(todo)
     show = progress and dist.is_main() and bool(mine)
     for run in tqdm(mine, desc=f"evaluate {cfg.model}", disable=not show, unit="model"):
         done[run] = train_and_test(
@@ -285,13 +285,18 @@ def record_partial(
         "train_accuracies": [done[r][1] for r in runs],
         "protocol": protocol,
     }
-    kept = [
+    metrics[PARTIAL_KEY] = [*_other_partials(metrics, fingerprint, want), entry]
+    atomic_write_json(path, metrics)
+
+
+def _other_partials(metrics: dict[str, Any], fingerprint: str, want: tuple) -> list[dict]:
+    """The partial records in ``metrics`` other than the set ``fingerprint``'s under the
+    protocol ``want`` (a ``_protocol_key``)."""
+    return [
         e
         for e in metrics.get(PARTIAL_KEY, [])
         if not (e.get("set") == fingerprint and _protocol_key(e.get("protocol", {})) == want)
     ]
-    metrics[PARTIAL_KEY] = [*kept, entry]
-    atomic_write_json(path, metrics)
 
 
 def evaluate_folder(
@@ -410,12 +415,9 @@ def record_metrics(
     kept = [e for e in metrics.get("evaluations", []) if evaluation_key(e) != key]
     metrics["evaluations"] = [*kept, entry]
     if fingerprint is not None and PARTIAL_KEY in metrics:
-        want = _protocol_key(entry["protocol"])
-        metrics[PARTIAL_KEY] = [
-            e
-            for e in metrics[PARTIAL_KEY]
-            if not (e.get("set") == fingerprint and _protocol_key(e.get("protocol", {})) == want)
-        ]
+        metrics[PARTIAL_KEY] = _other_partials(
+            metrics, fingerprint, _protocol_key(entry["protocol"])
+        )
         if not metrics[PARTIAL_KEY]:
             del metrics[PARTIAL_KEY]
     atomic_write_json(path, metrics)
