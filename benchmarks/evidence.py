@@ -208,8 +208,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     models = sorted({m for r in table.values() for c in r.values() for m in c})
     models = [m for m in args.models if m in models] if args.models else models
     final_it = {r: max(table[r]) for r in order}
-    header = "| row | " + " | ".join(models) + " | seeds |"
-    lines += [header, "|---|" + "---|" * (len(models) + 1)]
+    # rows continued to different budgets (Figure B's): say each row's iterations
+    mixed = len({it for it in final_it.values() if it}) > 1  # 0: a selected set (random)
+    header = "| row | " + " | ".join(models) + " | seeds |" + (" iterations |" if mixed else "")
+    lines += [header, "|---|" + "---|" * (len(models) + 1 + mixed)]
     summary: dict = {}
     for r in order:
         cells, seeds = [], set()
@@ -230,13 +232,20 @@ def cmd_report(args: argparse.Namespace) -> None:
                 }
             else:
                 cells.append("-")
-        lines.append(f"| {r} | " + " | ".join(cells) + f" | {', '.join(map(str, sorted(seeds)))} |")
-    pairs = _pairs(table, final_it, args.pairs or [], models)
+        its = f" {final_it[r] or '-'} |" if mixed else ""
+        seed_list = ", ".join(map(str, sorted(seeds)))
+        lines.append(f"| {r} | " + " | ".join(cells) + f" | {seed_list} |" + its)
+    pairs = _pairs(table, args.pairs or [], models)
     if pairs:
-        lines += ["", "| pair (B - A) | model | difference | per seed |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| pair (B - A) | model | difference | per seed |" + (" iterations |" if mixed else ""),
+            "|---|---|---|---|" + ("---|" if mixed else ""),
+        ]
         for p in pairs:
             per = ", ".join(f"s{s} {d:+.2f}" for s, d in p["per_seed"].items())
-            lines.append(f"| {p['b']} - {p['a']} | {p['model']} | {p['mean']:+.2f} | {per} |")
+            its = f" {p['iteration']} |" if mixed else ""
+            lines.append(f"| {p['b']} - {p['a']} | {p['model']} | {p['mean']:+.2f} | {per} |" + its)
     by_it = _pairs_by_iteration(table, args.pairs or [], models) if args.by_iteration else []
     if by_it:
         lines += [
@@ -297,18 +306,35 @@ def _paired(pa: dict, pb: dict) -> dict | None:
     }
 
 
-def _pairs(table: dict, final_it: dict, specs: list[str], models: list[str]) -> list[dict]:
-    """``A:B`` -> B - A per condensation seed, for each row's final sets (``_paired``)."""
+def _pairs(table: dict, specs: list[str], models: list[str]) -> list[dict]:
+    """``A:B`` -> B - A per condensation seed (``_paired``), at the largest iteration both rows
+    have sets for: their final sets, or where one row was continued further (Figure B), the
+    other's final iteration, never two different budgets. A selected set (random: iteration 0
+    only) pairs with the other row's final sets."""
     pairs = []
     for a, b in _pair_specs(specs):
-        if a not in final_it or b not in final_it:
+        ia, ib = set(table.get(a, {})), set(table.get(b, {}))
+        if not ia or not ib:
             continue
+        if ia == {0} or ib == {0}:
+            it_a, it_b = max(ia), max(ib)
+        elif ia & ib:
+            it_a = it_b = max(ia & ib)
+        else:
+            continue
+        it = max(it_a, it_b)
         for m in models:
-            pa, pb = table[a][final_it[a]].get(m, {}), table[b][final_it[b]].get(m, {})
-            got = _paired(pa, pb)
+            got = _paired(table[a][it_a].get(m, {}), table[b][it_b].get(m, {}))
             if got:
                 pairs.append(
-                    {"a": a, "b": b, "model": m, "mean": got["mean"], "per_seed": got["per_seed"]}
+                    {
+                        "a": a,
+                        "b": b,
+                        "model": m,
+                        "iteration": it,
+                        "mean": got["mean"],
+                        "per_seed": got["per_seed"],
+                    }
                 )
     return pairs
 

@@ -249,3 +249,61 @@ def test_precision_sizes_prints_a_ratio_per_image_size():
     for row in rows:
         cond, train = (float(v) for v in row.split("|")[3:5])
         assert cond > 0 and train > 0
+
+
+def _load_evidence():
+    spec = importlib.util.spec_from_file_location("evidence", BENCH / "evidence.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_evidence_pairs_rows_at_one_budget(tmp_path, capsys):
+    """Rows continued to different budgets (Figure B: DM and released DDM to 2,000 iterations,
+    the paper form to 1,000) are paired where both have sets, never across budgets, and the
+    report says each row's iterations."""
+    ev = _load_evidence()
+    accs = {  # row -> iteration -> seed -> accuracies
+        "random": {0: {0: [30.0, 30.0]}},
+        "dm": {1000: {0: [45.0, 46.0]}, 2000: {0: [44.0, 44.0]}},
+        "ddm-paper": {1000: {0: [48.0, 48.0]}},
+        "ddm": {1000: {0: [46.0, 47.0]}, 2000: {0: [47.0, 48.0]}},
+    }
+    for row, its in accs.items():
+        for it, seeds in its.items():
+            for seed, values in seeds.items():
+                folder = tmp_path / row / f"s{seed}" / (f"it{it}" if it else "")
+                folder.mkdir(parents=True, exist_ok=True)
+                entry = {"model": "convnet", "epochs": 2, "runs": len(values), "seed": 0}
+                entry["accuracies"] = values
+                (folder / "metrics.json").write_text(json.dumps({"evaluations": [entry]}))
+    table = ev.collect(tmp_path, 2, 2)
+    got = {
+        (p["a"], p["b"]): (p["iteration"], p["mean"])
+        for p in ev._pairs(table, ["dm:ddm-paper", "dm:ddm", "random:dm"], ["convnet"])
+    }
+    assert got == {
+        ("dm", "ddm-paper"): (1000, pytest.approx(48.0 - 45.5)),
+        ("dm", "ddm"): (2000, pytest.approx(47.5 - 44.0)),
+        ("random", "dm"): (2000, pytest.approx(44.0 - 30.0)),
+    }
+    args = ev.argparse.Namespace(
+        out=str(tmp_path),
+        epochs=2,
+        runs=2,
+        eval_seed=0,
+        precision="fp32",
+        device="cpu",
+        rows=["dm", "ddm-paper", "ddm"],
+        models=None,
+        pairs=["dm:ddm-paper", "dm:ddm"],
+        by_iteration=False,
+        results=None,
+        figure=None,
+    )
+    ev.cmd_report(args)
+    text = capsys.readouterr().out
+    assert "| dm | 44.00 +- 0.00 (2) | 0 | 2000 |" in text
+    assert "| ddm-paper | 48.00 +- 0.00 (2) | 0 | 1000 |" in text
+    assert "| ddm-paper - dm | convnet | +2.50 | s0 +2.50 | 1000 |" in text
+    assert "| ddm - dm | convnet | +3.50 | s0 +3.50 | 2000 |" in text
