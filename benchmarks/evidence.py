@@ -9,6 +9,8 @@ Three phases over one output folder, each resumable (finished work is reused):
     python benchmarks/evidence.py evaluate --out runs/ev/a --models convnet --epochs 300 --runs 3
     # tables (markdown + json) and the gain-vs-iterations figure
     python benchmarks/evidence.py report --out runs/ev/a --results benchmarks/results/table_a
+    # style gaps and spread of every set (ddm diagnose), row x iteration
+    python benchmarks/evidence.py diagnose --out runs/ev/b --all-snapshots --rows dm ddm
 
 Layout: ``OUT/<row>/s<seed>/`` is a normal run folder (resumable with ``ddm condense
 --resume``); ``OUT/<row>/s<seed>/it<N>/`` holds the set as it was after N iterations (the
@@ -140,8 +142,9 @@ def _precision(name: str, device: str) -> str:
     return resolve_precision(name, resolve_device(device))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    dataset = load_dataset(args.dataset, args.data_root)
+def _selected_folders(args: argparse.Namespace) -> list[Path]:
+    """The set folders under ``--out`` that ``--rows``, ``--seeds``, ``--all-snapshots`` and
+    ``--only-iterations`` select."""
     out = Path(args.out)
     folders = _set_folders(out, args.all_snapshots)
     if args.rows:
@@ -152,6 +155,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.only_iterations:
         keep = {f"it{n}" for n in args.only_iterations}
         folders = [f for f in folders if f.name in keep or not f.name.startswith("it")]
+    return folders
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.dataset, args.data_root)
+    out = Path(args.out)
+    folders = _selected_folders(args)
     precision = _precision(args.precision, args.device)
     for model in args.models:
         ecfg = EvalConfig(
@@ -168,6 +178,80 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             syn = load_synthetic(folder)
             result = evaluate_folder(folder, syn, dataset, ecfg, progress=args.progress)
             print(f"{folder.relative_to(out)} {model}: {result}", file=sys.stderr, flush=True)
+
+
+# what `diagnose` tabulates: (diagnose.json key, column, how) -- "gap": condensed / random
+# real, mean over layers (lower = closer to the real style); "value": the condensed set's own
+DIAG_COLUMNS = (
+    ("moments", "act moments gap", "gap"),
+    ("moments_conv", "conv moments gap", "gap"),
+    ("gram_conv", "conv Gram gap", "gap"),
+    ("spread_ratio", "spread ratio", "value"),
+    ("spread_loss", "L_CD", "value"),
+    ("knn_kl", "kNN KL", "value"),
+    ("pairwise", "pairwise", "value"),
+)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    """``ddm diagnose`` on every selected set (cached in its diagnose.json when made with the
+    same nets, batch and seed), then one table: row x iteration, mean over seeds."""
+    from ddm.diagnose import diagnose
+
+    dataset = None
+    out = Path(args.out)
+    want = {"nets": args.nets, "batch": args.batch, "seed": args.diag_seed}
+    cells: dict = {}  # (row, iteration) -> {seed: {column: value}}
+    for folder in _selected_folders(args):
+        path = folder / "diagnose.json"
+        rep = read_json(path) if path.exists() else None
+        fresh = rep and path.stat().st_mtime >= (folder / SYNTHETIC_FILE).stat().st_mtime
+        if not fresh or any(rep["meta"].get(k) != v for k, v in want.items()):
+            if dataset is None:
+                dataset = load_dataset(args.dataset, args.data_root)
+            t0 = time.perf_counter()
+            rep = diagnose(load_synthetic(folder), dataset, device=args.device, **want).to_dict()
+            atomic_write_json(path, rep)
+            print(f"{folder}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        row, seed = folder.relative_to(out).parts[:2]
+        it = int(folder.name[2:]) if folder.name.startswith("it") else 0
+        cells.setdefault((row, it), {})[int(seed[1:])] = _diag_values(rep)
+    order = {r: i for i, r in enumerate(args.rows or ROWS)}
+    keys = sorted(cells, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
+    names = [c[1] for c in DIAG_COLUMNS]
+    lines = ["| row | iterations | " + " | ".join(names) + " | seeds |"]
+    lines.append("|---|---|" + "---|" * (len(names) + 1))
+    record = []
+    for row, it in keys:
+        per_seed = cells[(row, it)]
+        means = {}
+        for name in names:
+            vals = [v[name] for v in per_seed.values() if v.get(name) is not None]
+            means[name] = sum(vals) / len(vals) if vals else None
+        shown = [f"{v:.3g}" if v is not None else "-" for v in means.values()]
+        seeds = ", ".join(map(str, sorted(per_seed)))
+        lines.append(f"| {row} | {it or '-'} | " + " | ".join(shown) + f" | {seeds} |")
+        record.append({"row": row, "iteration": it, "mean": means, "per_seed": per_seed})
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.results:
+        base = Path(args.results)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(base.with_suffix(".md"), text.encode())
+        atomic_write_json(base.with_suffix(".json"), {"setting": want, "cells": record})
+
+
+def _diag_values(rep: dict) -> dict:
+    """One diagnose.json -> the DIAG_COLUMNS values (None where not measured)."""
+    cond, rand = rep["sets"]["condensed"], rep["sets"]["random real"]
+    got = {}
+    for key, name, how in DIAG_COLUMNS:
+        if how == "value":
+            got[name] = cond.get(key)
+            continue
+        pairs = [(c, r) for c, r in zip(cond.get(key) or [], rand.get(key) or [], strict=True) if r]
+        got[name] = sum(c / r for c, r in pairs) / len(pairs) if pairs else None
+    return got
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -413,7 +497,7 @@ def _figure(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="phase", required=True)
-    for phase in ("condense", "evaluate", "report"):
+    for phase in ("condense", "evaluate", "report", "diagnose"):
         q = sub.add_parser(phase)
         q.add_argument("--out", required=True)
         q.add_argument("--dataset", default="cifar10")
@@ -438,10 +522,16 @@ def main() -> None:
     c.add_argument("--iterations", type=int, default=500)
     c.add_argument("--snapshots", type=int, nargs="*", default=[])
     c.add_argument("--batch-real", type=int, default=128)
-    e = sub.choices["evaluate"]
-    e.add_argument("--all-snapshots", action="store_true")
-    e.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds")
-    e.add_argument("--only-iterations", type=int, nargs="*", default=None)
+    for phase in ("evaluate", "diagnose"):
+        e = sub.choices[phase]
+        e.add_argument("--all-snapshots", action="store_true")
+        e.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds")
+        e.add_argument("--only-iterations", type=int, nargs="*", default=None)
+    d = sub.choices["diagnose"]
+    d.add_argument("--nets", type=int, default=2, help="random ConvNets per set")
+    d.add_argument("--batch", type=int, default=128, help="real images per class")
+    d.add_argument("--diag-seed", type=int, default=0)
+    d.add_argument("--results", default=None, help="path stem for .md and .json")
     r = sub.choices["report"]
     r.add_argument("--results", default=None, help="path stem for .md and .json")
     r.add_argument("--figure", default=None)
@@ -463,7 +553,13 @@ def main() -> None:
         raise SystemExit("condense needs --rows")
     if args.phase == "evaluate" and not args.models:
         args.models = ["convnet"]
-    {"condense": cmd_condense, "evaluate": cmd_evaluate, "report": cmd_report}[args.phase](args)
+    phases = {
+        "condense": cmd_condense,
+        "evaluate": cmd_evaluate,
+        "report": cmd_report,
+        "diagnose": cmd_diagnose,
+    }
+    phases[args.phase](args)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,29 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
             assert d["per_seed"][s] == pytest.approx(sum(ddm) / 2 - sum(dm) / 2)
         assert d["a_stats"][2] == d["b_stats"][2] == 4
     assert by_it[1]["mean"] == pytest.approx(pair["mean"])  # the final iteration: --pairs' value
+    # style gaps and spread of every snapshot, cached in each set's diagnose.json
+    diag = ["diagnose", *common, "--all-snapshots", "--rows", "dm", "ddm", "--nets", "1"]
+    diag += ["--batch", "3", "--results", str(tmp_path / "d")]
+    text = run(*diag)
+    cells = read_json(tmp_path / "d.json")["cells"]
+    assert [(c["row"], c["iteration"]) for c in cells] == [
+        ("dm", 1),
+        ("dm", 3),
+        ("ddm", 1),
+        ("ddm", 3),
+    ]
+    rep = read_json(out / "dm" / "s1" / "it3" / "diagnose.json")
+    assert rep["meta"]["nets"] == 1 and rep["meta"]["batch"] == 3
+    cond, rand = rep["sets"]["condensed"], rep["sets"]["random real"]
+    gap = sum(c / r for c, r in zip(cond["moments_conv"], rand["moments_conv"], strict=True)) / 3
+    assert cells[1]["per_seed"]["1"]["conv moments gap"] == pytest.approx(gap)
+    mean = sum(cells[1]["per_seed"][s]["conv Gram gap"] for s in ("0", "1")) / 2
+    assert cells[1]["mean"]["conv Gram gap"] == pytest.approx(mean)
+    assert cells[1]["mean"]["spread ratio"] is None  # ipc 1: no spread; shown as "-"
+    assert f"| dm | 3 | {cells[1]['mean']['act moments gap']:.3g} |" in text
+    stamp = (out / "dm" / "s1" / "it3" / "diagnose.json").stat().st_mtime_ns
+    assert run(*diag) == text  # cached: nothing measured again
+    assert (out / "dm" / "s1" / "it3" / "diagnose.json").stat().st_mtime_ns == stamp
 
 
 def test_term_scales_reports_every_active_term(tmp_path):
