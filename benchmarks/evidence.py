@@ -181,9 +181,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 # what `diagnose` tabulates: (diagnose.json key, column, how) -- "gap": condensed / random
-# real, mean over layers (lower = closer to the real style); "value": the condensed set's own
+# real per layer (lower = closer to the real style; the paper form reads the maps after the
+# ReLU, "act", the released form at the convolution, "conv"); "value": the condensed set's own
 DIAG_COLUMNS = (
     ("moments", "act moments gap", "gap"),
+    ("gram", "act Gram gap", "gap"),
     ("moments_conv", "conv moments gap", "gap"),
     ("gram_conv", "conv Gram gap", "gap"),
     ("spread_ratio", "spread ratio", "value"),
@@ -224,11 +226,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     record = []
     for row, it in keys:
         per_seed = cells[(row, it)]
-        means = {}
-        for name in names:
-            vals = [v[name] for v in per_seed.values() if v.get(name) is not None]
-            means[name] = sum(vals) / len(vals) if vals else None
-        shown = [f"{v:.3g}" if v is not None else "-" for v in means.values()]
+        means = {name: _mean_over([v[name] for v in per_seed.values()]) for name in names}
+        shown = [_shown(v) for v in means.values()]
         seeds = ", ".join(map(str, sorted(per_seed)))
         lines.append(f"| {row} | {it or '-'} | " + " | ".join(shown) + f" | {seeds} |")
         record.append({"row": row, "iteration": it, "mean": means, "per_seed": per_seed})
@@ -242,16 +241,36 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def _diag_values(rep: dict) -> dict:
-    """One diagnose.json -> the DIAG_COLUMNS values (None where not measured)."""
+    """One diagnose.json -> the DIAG_COLUMNS values: a gap is a list, one ratio per layer;
+    None where not measured."""
     cond, rand = rep["sets"]["condensed"], rep["sets"]["random real"]
     got = {}
     for key, name, how in DIAG_COLUMNS:
         if how == "value":
             got[name] = cond.get(key)
-            continue
-        pairs = [(c, r) for c, r in zip(cond.get(key) or [], rand.get(key) or [], strict=True) if r]
-        got[name] = sum(c / r for c, r in pairs) / len(pairs) if pairs else None
+        elif cond.get(key) and rand.get(key):
+            got[name] = [c / r if r else None for c, r in zip(cond[key], rand[key], strict=True)]
+        else:
+            got[name] = None
     return got
+
+
+def _mean_over(values: list) -> float | list | None:
+    """Mean over seeds of numbers or of per-layer lists (elementwise), skipping None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    if isinstance(values[0], list):
+        return [_mean_over(list(layer)) for layer in zip(*values, strict=True)]
+    return sum(values) / len(values)
+
+
+def _shown(value: float | list | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return " / ".join(_shown(v) if v is None else f"{v:.2f}" for v in value)
+    return f"{value:.3g}"
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
