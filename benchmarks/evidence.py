@@ -35,7 +35,7 @@ from ddm.baselines import random_subset
 from ddm.condense import condense
 from ddm.config import CondenseConfig, EvalConfig
 from ddm.data import load_dataset
-from ddm.evaluate import entry_precision, evaluate_folder, find_evaluation
+from ddm.evaluate import entry_holdout, entry_precision, evaluate_folder, find_evaluation
 from ddm.io import (
     META_FILE,
     SYNTHETIC_FILE,
@@ -92,7 +92,10 @@ def cmd_condense(args: argparse.Namespace) -> None:
             if method == "random":
                 if not (folder / META_FILE).exists():
                     folder.mkdir(parents=True, exist_ok=True)
-                    save_synthetic(folder, random_subset(dataset, args.ipc, seed=seed))
+                    syn = random_subset(dataset.holdout(args.holdout), args.ipc, seed=seed)
+                    if args.holdout:
+                        syn.meta["holdout"] = args.holdout
+                    save_synthetic(folder, syn)
                 continue
             for stage in stages:
                 if (folder / f"it{stage}" / META_FILE).exists():
@@ -106,6 +109,7 @@ def cmd_condense(args: argparse.Namespace) -> None:
                     batch_real=args.batch_real,
                     seed=seed,
                     device=args.device,
+                    holdout=args.holdout,
                     checkpoint_every=50,
                     **overrides,
                 )
@@ -171,6 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             seed=args.eval_seed,
             device=args.device,
             precision=precision,
+            holdout=args.holdout,
         )
         for folder in folders:
             if find_evaluation(folder, ecfg, precision):
@@ -278,9 +283,17 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0, precision: str = "fp32") -> dict:
+def collect(
+    out: Path,
+    epochs: int,
+    runs: int,
+    eval_seed: int = 0,
+    precision: str = "fp32",
+    holdout: int = 0,
+) -> dict:
     """{row: {iteration: {model: {seed: [accuracies]}}}} from every metrics.json under ``out``
-    (the evaluations with these epochs, runs, seed and training precision)."""
+    (the evaluations with these epochs, runs, seed and training precision, on the test split
+    or, with ``holdout``, on that many held-out train images per class)."""
     table: dict = {}
     for row in sorted(p for p in out.iterdir() if p.is_dir()):
         for seed_dir in sorted(p for p in row.iterdir() if p.is_dir() and p.name.startswith("s")):
@@ -291,8 +304,14 @@ def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0, precision: st
                     continue
                 it = int(folder.name[2:]) if folder.name.startswith("it") else 0
                 for e in read_json(folder / "metrics.json")["evaluations"]:
-                    got = (e["epochs"], e["runs"], e.get("seed", 0), entry_precision(e))
-                    if got != (epochs, runs, eval_seed, precision):
+                    got = (
+                        e["epochs"],
+                        e["runs"],
+                        e.get("seed", 0),
+                        entry_precision(e),
+                        entry_holdout(e),
+                    )
+                    if got != (epochs, runs, eval_seed, precision, holdout):
                         continue
                     cell = table.setdefault(row.name, {}).setdefault(it, {})
                     cell.setdefault(e["model"], {})[seed] = e["accuracies"]
@@ -302,7 +321,12 @@ def collect(out: Path, epochs: int, runs: int, eval_seed: int = 0, precision: st
 def cmd_report(args: argparse.Namespace) -> None:
     out = Path(args.out)
     table = collect(
-        out, args.epochs, args.runs, args.eval_seed, _precision(args.precision, args.device)
+        out,
+        args.epochs,
+        args.runs,
+        args.eval_seed,
+        _precision(args.precision, args.device),
+        args.holdout,
     )
     order = [r for r in (args.rows or ROWS) if r in table] + sorted(
         r for r in table if r not in (args.rows or ROWS)
@@ -534,6 +558,13 @@ def main() -> None:
             "--precision",
             default="fp32",
             help="evaluate/report: the evaluation's training precision, auto | fp32 | bf16",
+        )
+        q.add_argument(
+            "--holdout",
+            type=int,
+            default=0,
+            help="train images per class held out: condense never draws them, evaluate and "
+            "report test on them (tuning without the test set; use its own --out)",
         )
     c = sub.choices["condense"]
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

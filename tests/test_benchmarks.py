@@ -318,6 +318,7 @@ def test_evidence_pairs_rows_at_one_budget(tmp_path, capsys):
         runs=2,
         eval_seed=0,
         precision="fp32",
+        holdout=0,
         device="cpu",
         rows=["dm", "ddm-paper", "ddm"],
         models=None,
@@ -332,3 +333,36 @@ def test_evidence_pairs_rows_at_one_budget(tmp_path, capsys):
     assert "| ddm-paper | 48.00 +- 0.00 (2) | 0 | 1000 |" in text
     assert "| ddm-paper - dm | convnet | +2.50 | s0 +2.50 | 1000 |" in text
     assert "| ddm - dm | convnet | +3.50 | s0 +3.50 | 2000 |" in text
+
+
+def test_evidence_with_held_out_images(tmp_path):
+    """--holdout through the evidence phases: sets made without the held-out images, scored
+    on them, reported apart from test-split scores."""
+    root, out = _cifar(tmp_path), tmp_path / "ev"
+    ev = [sys.executable, str(BENCH / "evidence.py")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    common = ["--out", str(out), "--data-root", str(root), "--holdout", "5"]
+    budget = ["--epochs", "1", "--runs", "1"]
+
+    def run(*args):
+        res = subprocess.run(
+            [*ev, *args], capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        return res.stdout
+
+    cond = ["--seeds", "0", "--iterations", "1", "--ipc", "1", "--batch-real", "4"]
+    run("condense", *common, "--rows", "random", "dm", *cond)
+    from ddm.io import load_synthetic, read_json
+
+    for row in ("random", "dm"):
+        assert (
+            load_synthetic(out / row / "s0" / ("it1" if row == "dm" else "")).meta["holdout"] == 5
+        )
+    run("evaluate", *common, *budget)
+    entry = read_json(out / "dm" / "s0" / "it1" / "metrics.json")["evaluations"][0]
+    assert entry["protocol"]["holdout"] == 5
+    held = run("report", *common, *budget)
+    assert "| random |" in held and "| dm |" in held
+    plain = run("report", "--out", str(out), "--data-root", str(root), *budget)
+    assert "| dm |" not in plain  # no test-split scores were made

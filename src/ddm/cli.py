@@ -43,6 +43,12 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("dataset", str, "dataset name"),
     ("data-root", str, "folder holding the dataset's files"),
     ("image-size", int, "resize target for image-folder datasets"),
+    (
+        "holdout",
+        int,
+        "train images per class held out, never condensed from (for tuning: `ddm evaluate "
+        "--holdout N` tests on them); 0: none",
+    ),
     ("ipc", int, "images per class"),
     ("method", str, "dm | ddm | idm"),
     ("base", str, "base of ddm: dm | idm (default dm)"),
@@ -141,6 +147,7 @@ def _eval_config(args: argparse.Namespace):
         seed=args.eval_seed,
         device=args.device,
         precision=args.precision,
+        holdout=args.holdout,
     )
 
 
@@ -164,6 +171,13 @@ def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
     )
     p.add_argument("--eval-seed", type=int, default=d.seed, help="(%(default)s)")
     p.add_argument(
+        "--holdout",
+        type=int,
+        default=d.holdout,
+        help="test on the N train images per class the set was condensed without (its "
+        "--holdout) instead of the test split, for tuning; 0: the test split (%(default)s)",
+    )
+    p.add_argument(
         "--precision",
         default=d.precision,
         help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units and the images "
@@ -179,7 +193,8 @@ def _summary(folder: Path) -> str:
     lines = [
         f"{folder}: {m.get('method')} on {m.get('dataset')}, ipc {m.get('ipc')}, "
         f"{tuple(syn.images.shape)} stored images, expansion x{syn.expansion_factor}, "
-        f"{m.get('iterations')} iterations, seed {m.get('seed')}",
+        f"{m.get('iterations')} iterations, seed {m.get('seed')}"
+        + (f", {m['holdout']} train images per class held out" if m.get("holdout") else ""),
     ]
     metrics = folder / "metrics.json"
     if metrics.exists():
@@ -188,9 +203,11 @@ def _summary(folder: Path) -> str:
         current = set_fingerprint(syn)
         for e in read_json(metrics).get("evaluations", []):
             stale = e.get("set", current) != current
+            held = e.get("protocol", {}).get("holdout", 0)
             lines.append(
                 f"  {e['model']:<10} {e['epochs']:>5} epochs  {e['runs']} runs  "
                 f"{e['mean']:.2f} +- {e['std']:.2f} %"
+                + (f"  (on {held} held-out train images per class)" if held else "")
                 + ("  (an earlier set of this folder)" if stale else "")
             )
     return "\n".join(lines)
@@ -237,17 +254,20 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         raise ValueError(f"--ipc must be positive, got {args.ipc}")
     out = Path(args.out)
     prepare_run_folder(out, resume=False, overwrite=args.overwrite)
-    dataset = load_dataset(args.dataset, args.data_root, args.image_size)
+    dataset = load_dataset(args.dataset, args.data_root, args.image_size).holdout(args.holdout)
     kwargs: dict[str, Any] = {"seed": args.seed}
     if args.method == "herding":
         kwargs.update(epochs=args.herding_epochs, device=args.device, progress=not args.quiet)
     syn = BASELINES[args.method](dataset, args.ipc, **kwargs)
+    if args.holdout:
+        syn.meta["holdout"] = args.holdout
     # by flag name, so the saved config.json is a valid --config
     settings = {
         "method": args.method,
         "dataset": args.dataset,
         "data_root": args.data_root,
         "image_size": args.image_size,
+        "holdout": args.holdout,
         "ipc": args.ipc,
         "seed": args.seed,
     }
@@ -541,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
     p.add_argument("--image-size", type=int, default=None)
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="train images per class held out, never selected (as condense --holdout)",
+    )
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--method", default="random", help="random | herding")
     p.add_argument("--seed", type=int, default=0)

@@ -617,6 +617,8 @@ class _Run:
             "precision": self.cfg.precision,
             "version": __version__,
         }
+        if self.cfg.holdout:
+            meta["holdout"] = self.cfg.holdout
         images = self._gather(self.images.detach())
         return SyntheticSet(images.cpu().clone(), self.labels.clone(), meta)
 
@@ -656,8 +658,8 @@ def _auto_chunk(device: torch.device) -> int:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
-    # runs from before --precision saved a bf16 switch instead
-    saved = {"precision": "bf16" if saved.get("bf16") else "fp32", **saved}
+    # runs from before --precision saved a bf16 switch instead; from before --holdout, none
+    saved = {"precision": "bf16" if saved.get("bf16") else "fp32", "holdout": 0, **saved}
     now = cfg.to_dict()
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now[k]!r}"
@@ -743,6 +745,7 @@ def condense(
     dist.init(dist.resolve_device(cfg.device))  # a no-op unless torchrun started several
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    dataset = dataset.holdout(cfg.holdout)  # the held-out images are never drawn
     if out_path is not None:
         dist.on_main(prepare_run_folder, out_path, resume=resume, overwrite=overwrite)
     run = _Run(cfg, dataset, out_path)

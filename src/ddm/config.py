@@ -86,6 +86,9 @@ class CondenseConfig:
     dataset: str = "digits"
     data_root: str | None = None
     image_size: int | None = None  # only for image folders (resize target)
+    # train images per class held out (never condensed from), for tuning without the test
+    # set: `ddm evaluate --holdout N` tests on them (Dataset.holdout)
+    holdout: int = 0
     ipc: int = 10
     method: str = "dm"  # dm | ddm | idm
     base: str | None = None  # dm | idm; None: idm for method idm, else dm
@@ -153,6 +156,8 @@ class CondenseConfig:
             )
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0 (0 = only at the end)")
+        if self.holdout < 0:
+            raise ValueError(f"--holdout must be >= 0 images per class, got {self.holdout}")
         if self.method == "ddm":
             form = self.form or DEFAULT_FORM
             if form not in FORMS:
@@ -218,10 +223,15 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = DEFAULT_EVAL_PRECISION  # auto | fp32 | bf16 (the training's forward)
+    # 0: test on the test split; N: on the N train images per class the set was condensed
+    # without (its --holdout), for tuning without the test set
+    holdout: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.runs <= 0:
             raise ValueError("--epochs and --runs must be positive")
+        if self.holdout < 0:
+            raise ValueError(f"--holdout must be >= 0 images per class, got {self.holdout}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"

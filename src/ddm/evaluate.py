@@ -4,6 +4,8 @@ Train a freshly initialised network on the condensed set only (SGD lr 0.01, mome
 weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-image
 parameters on every batch, cross-entropy on hard labels), then test on the whole real test
 set. Repeat with several seeds; report mean +- std (population std, as the field does).
+For tuning, ``EvalConfig.holdout`` N tests instead on the N train images per class that a set
+condensed with the same ``--holdout`` never saw (``Dataset.holdout``).
 
 Under torchrun the runs of a set are spread over the processes (round-robin) and gathered;
 each run is seeded by (evaluation seed, run), so the numbers are those of one process.
@@ -186,7 +188,8 @@ def evaluate_set(
         images, labels = syn.expanded()
     else:
         images, labels = syn
-    test_x, test_y = dataset.test_tensors()
+    _check_holdout(syn, cfg)
+    test_x, test_y = dataset.holdout(cfg.holdout).test_tensors()
     from tqdm.auto import tqdm
 
     known = {r: v for r, v in (trained or {}).items() if r < cfg.runs}
@@ -217,6 +220,25 @@ def evaluate_set(
     return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision, len(known))
 
 
+def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: EvalConfig) -> None:
+    """Testing on held-out train images is fair only for a set condensed without exactly them."""
+    if not cfg.holdout:
+        return
+    made = syn.meta.get("holdout", 0) if isinstance(syn, SyntheticSet) else None
+    if made == cfg.holdout:
+        return
+    if made is None:
+        why = "a set made elsewhere does not say which train images it was made from"
+    elif made == 0:
+        why = "this set was condensed from the whole train split, these images included"
+    else:
+        why = f"this set was condensed with --holdout {made}, a different split"
+    raise ValueError(
+        f"--holdout {cfg.holdout}: {why}. Condense (or select) with --holdout {cfg.holdout} "
+        "and evaluate that set, or evaluate on the test split (--holdout 0)"
+    )
+
+
 def set_fingerprint(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor]) -> str:
     """A short content hash of a set (stored images, labels and expansion factor)."""
     if isinstance(syn, SyntheticSet):
@@ -236,6 +258,7 @@ def _protocol_key(protocol: dict[str, Any]) -> tuple:
     """What decides a model's result, without the number of runs and the device name."""
     values = {k: v for k, v in protocol.items() if k not in ("runs", "device")}
     values.setdefault("precision", "fp32")
+    values.setdefault("holdout", 0)  # entries from before --holdout tested on the test split
     return tuple(sorted(values.items()))
 
 
@@ -371,6 +394,11 @@ def entry_precision(entry: dict[str, Any]) -> str:
     return entry.get("protocol", {}).get("precision", "fp32")
 
 
+def entry_holdout(entry: dict[str, Any]) -> int:
+    """0 for an evaluation on the test split, N for one on N held-out train images per class."""
+    return int(entry.get("protocol", {}).get("holdout", 0))
+
+
 def evaluation_key(entry: dict[str, Any]) -> tuple:
     """What identifies an evaluation in metrics.json: an entry with the same key is replaced."""
     return (
@@ -379,6 +407,7 @@ def evaluation_key(entry: dict[str, Any]) -> tuple:
         entry.get("runs"),
         entry.get("seed"),
         entry_precision(entry),
+        entry_holdout(entry),
     )
 
 
@@ -386,16 +415,17 @@ def find_evaluation(
     run_dir: Path, cfg: EvalConfig, precision: str, fingerprint: str | None = None
 ) -> dict[str, Any] | None:
     """The entry of ``run_dir``'s metrics.json for an evaluation like ``cfg`` (model, epochs,
-    runs, seed) trained in ``precision`` (resolved: fp32 | bf16), or None; with ``fingerprint``,
-    an entry recorded for another set does not count. Entries older than the seed and
-    precision fields count as seed 0 and float32, entries without a set hash as this set's."""
+    runs, seed, holdout) trained in ``precision`` (resolved: fp32 | bf16), or None; with
+    ``fingerprint``, an entry recorded for another set does not count. Entries older than the
+    seed, precision and holdout fields count as seed 0, float32 and the test split, entries
+    without a set hash as this set's."""
     path = run_dir / METRICS_FILE
     if not path.exists():
         return None
-    want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision)
+    want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision, cfg.holdout)
     for entry in read_json(path).get("evaluations", []):
-        model, epochs, runs, seed, prec = evaluation_key(entry)
-        if (model, epochs, runs, 0 if seed is None else seed, prec) != want:
+        model, epochs, runs, seed, prec, held = evaluation_key(entry)
+        if (model, epochs, runs, 0 if seed is None else seed, prec, held) != want:
             continue
         if fingerprint is None or entry.get("set") in (None, fingerprint):
             return entry
@@ -405,9 +435,9 @@ def find_evaluation(
 def record_metrics(
     run_dir: Path, result: EvalResult, cfg: EvalConfig, fingerprint: str | None = None
 ) -> None:
-    """Add (or replace: same model, epochs, runs, seed and precision) an entry in metrics.json,
-    naming its set by ``fingerprint``; the record of the same set's unfinished evaluation
-    under this protocol goes."""
+    """Add (or replace: same model, epochs, runs, seed, precision and holdout) an entry in
+    metrics.json, naming its set by ``fingerprint``; the record of the same set's unfinished
+    evaluation under this protocol goes."""
     path = Path(run_dir) / METRICS_FILE
     metrics = read_json(path) if path.exists() else {"evaluations": []}
     entry = result.to_dict(cfg, fingerprint)

@@ -90,6 +90,21 @@ class ImageSource:
         return f"{type(self).__name__}(shape={tuple(self.shape)})"
 
 
+class IndexedSource(ImageSource):
+    """The images of another source at ``index`` (int64), read through it on demand."""
+
+    def __init__(self, base: ImageSource, index: torch.Tensor) -> None:
+        self._base = base
+        self._index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self._index), *self._base.shape[1:]))
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._base.gather(self._index[torch.as_tensor(idx, dtype=torch.int64)])
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split (train or test): uint8 images ``N x C x H x W`` and int64 labels ``N``.
@@ -305,6 +320,45 @@ class Dataset:
         """All test images normalised (float32) and their labels."""
         return self.normalize(self.test.materialize()), self.test.labels.clone()
 
+    def holdout(self, per_class: int) -> Dataset:
+        """The same dataset with ``per_class`` train images of every class held out: the
+        train split without them, and they as the test split.
+
+        For tuning without the test set: condense from the rest, evaluate on them. The
+        held-out images depend on ``per_class`` and the train split alone (a fixed draw, the
+        same in every run and process), so runs with the same ``per_class`` are comparable.
+        Mean and std stay the whole train split's, so sets stay compatible. ``per_class`` 0:
+        this dataset unchanged.
+        """
+        if per_class < 0:
+            raise ValueError(f"holdout must be >= 0 images per class, got {per_class}")
+        if per_class == 0:
+            return self
+        gen = torch.Generator().manual_seed(HOLDOUT_SEED)
+        held = torch.zeros(len(self.train), dtype=torch.bool)
+        for c in range(self.num_classes):
+            idx = self.train.class_indices(c)
+            if per_class >= len(idx):
+                raise ValueError(
+                    f"{self.name}: holdout {per_class} images per class leaves class {c} "
+                    f"({self.classes[c]}) with none of its {len(idx)} train images; hold out "
+                    "fewer"
+                )
+            held[idx[torch.randperm(len(idx), generator=gen)[:per_class]]] = True
+
+        def part(mask: torch.Tensor) -> Split:
+            index = torch.nonzero(mask).reshape(-1)
+            images = self.train.images
+            # a store's images stay on disk: read through the index on demand
+            kept = IndexedSource(images, index) if isinstance(images, ImageSource) else None
+            return Split(
+                kept if kept is not None else images[index],
+                self.train.labels[index],
+                self.num_classes,
+            )
+
+        return Dataset(self.name, self.classes, part(~held), part(held), self.mean, self.std)
+
     def subset_classes(self, classes: Sequence[int], relabel: bool = False) -> Dataset:
         """Only the samples of ``classes`` (continual learning, a block of classes).
 
@@ -346,6 +400,7 @@ class Dataset:
 
 
 _NO_FLIP = frozenset({"mnist", "svhn", "digits"})
+HOLDOUT_SEED = 20250101  # the draw of Dataset.holdout: fixed, so every run holds out the same
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
