@@ -236,13 +236,18 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         seeds = ", ".join(map(str, sorted(per_seed)))
         lines.append(f"| {row} | {it or '-'} | " + " | ".join(shown) + f" | {seeds} |")
         record.append({"row": row, "iteration": it, "mean": means, "per_seed": per_seed})
+    _publish(lines, args.results, {"setting": want, "cells": record})
+
+
+def _publish(lines: list[str], results: str | None, record: dict) -> None:
+    """Print the markdown table; with ``results``, write it and ``record`` (RESULTS.md/.json)."""
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.results:
-        base = Path(args.results)
+    if results:
+        base = Path(results)
         base.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(base.with_suffix(".md"), text.encode())
-        atomic_write_json(base.with_suffix(".json"), {"setting": want, "cells": record})
+        atomic_write_json(base.with_suffix(".json"), record)
 
 
 def _diag_values(rep: dict) -> dict:
@@ -387,18 +392,12 @@ def cmd_report(args: argparse.Namespace) -> None:
                 f"| {p['iteration']} | {p['b']} - {p['a']} | {p['model']} | {cells[0]} | "
                 f"{cells[1]} | {p['mean']:+.2f} | {per} |"
             )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.results:
-        base = Path(args.results)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(base.with_suffix(".md"), text.encode())
-        record = {"rows": summary, "raw": _jsonable(table)}
-        if pairs:
-            record["pairs"] = pairs
-        if by_it:
-            record["pairs_by_iteration"] = by_it
-        atomic_write_json(base.with_suffix(".json"), record)
+    record = {"rows": summary, "raw": _jsonable(table)}
+    if pairs:
+        record["pairs"] = pairs
+    if by_it:
+        record["pairs_by_iteration"] = by_it
+    _publish(lines, args.results, record)
     if args.figure:
         _figure(table, Path(args.figure), args.base_row, models[0], args.figure_seeds, args.rows)
 
