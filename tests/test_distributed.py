@@ -117,6 +117,28 @@ def test_helpers_are_identity_in_one_process():
     assert dist.data_parallel(net) is net
 
 
+def test_a_rank_closes_its_group_then_leaves_without_teardown(monkeypatch, capsys):
+    """With a process group open, main closes it and ends the process with os._exit (the
+    interpreter's teardown could abort a rank: see ddm.cli.main); without one it returns."""
+    calls: list = []
+    state = {"open": True}
+
+    def shutdown():
+        calls.append("shutdown")
+        state["open"] = False
+
+    monkeypatch.setattr(dist, "active", lambda: state["open"])
+    monkeypatch.setattr(dist, "shutdown", shutdown)
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    monkeypatch.setattr("ddm.cli.os._exit", lambda code: calls.append(("exit", code)))
+    assert main(["--quiet", "presets"]) == 0
+    assert calls == ["shutdown", ("exit", 0)]
+    assert "released" in capsys.readouterr().out  # printed (and flushed) before leaving
+    calls.clear()
+    assert main(["--quiet", "presets"]) == 0  # no group now: a plain return
+    assert calls == ["shutdown"]
+
+
 def test_other_commands_refuse_torchrun(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -705,6 +705,28 @@ DISTRIBUTED_COMMANDS = ("condense", "evaluate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``ddm`` command: its exit status (0 done, 1 diverged, 2 bad input, 130 interrupted).
+
+    A torchrun rank ends with ``os._exit`` after closing its process group, skipping the
+    interpreter's teardown: there, after a finished run, gloo's threads could abort a rank
+    under load (SIGABRT, "terminate called without an active exception"), and torchrun then
+    failed a run whose results were all written (seen in the test suite beside other jobs).
+    """
+    from . import distributed as dist
+
+    try:
+        code = _main(argv)
+    finally:
+        opened = dist.active()
+        dist.shutdown()
+    if opened:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from . import distributed as dist
     from .condense import NonFiniteLossError
     from .data import DatasetError
@@ -738,8 +760,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        dist.shutdown()
 
 
 if __name__ == "__main__":
