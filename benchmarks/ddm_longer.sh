@@ -10,7 +10,7 @@
 # at every iteration, paired by seed. One thread; resumable (run it again to continue).
 #
 #   benchmarks/ddm_longer.sh                       # 1000 iterations, seeds 0 and 1
-#   ROWS="dm ddm" SEEDS=0 ITERS=2000 benchmarks/ddm_longer.sh
+#   ROWS="dm ddm" ITERS=2000 benchmarks/ddm_longer.sh   # then DM and released DDM to 2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -43,7 +43,8 @@ for seed in $SEEDS; do
         $EV evaluate "${C[@]}" --rows "$row" --seeds "$seed" --epochs 200 --runs 3
     done
 done
+# every row OUT has (one continued further than another is paired at the budget both have)
 # shellcheck disable=SC2086
-$EV report "${C[@]}" --rows $ROWS --epochs 200 --runs 3 --pairs dm:ddm-paper dm:ddm \
+$EV report "${C[@]}" --rows dm ddm-paper ddm --epochs 200 --runs 3 --pairs dm:ddm-paper dm:ddm \
     --by-iteration --results benchmarks/results/figure_b \
     --figure docs/ddm_gain_vs_iterations_long.png --figure-seeds $SEEDS
