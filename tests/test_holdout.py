@@ -132,14 +132,21 @@ def test_evaluate_with_holdout_tests_on_the_held_out_images(monkeypatch):
 
 @pytest.mark.parametrize(
     ("made", "why"),
-    [(None, "whole train split"), (3, "--holdout 3"), ("tuple", "made elsewhere")],
+    [
+        (None, "whole train split"),
+        (3, "--holdout 3"),
+        ("tuple", "made elsewhere"),
+        ("imported", "made elsewhere"),
+    ],
 )
 def test_evaluate_refuses_held_out_images_the_set_may_have_seen(monkeypatch, made, why):
     ds = _unique_dataset()
     _spy(monkeypatch, 50.0)
-    syn = _set(ds, made if made != "tuple" else 2)
+    syn = _set(ds, made if isinstance(made, int | None) else 2)
     if made == "tuple":
         syn = (syn.images, syn.labels)
+    if made == "imported":  # another tool's set: its meta cannot vouch for the split
+        syn.meta["method"] = "imported"
     with pytest.raises(ValueError, match=why) as err:
         evaluate_set(syn, ds, EvalConfig(epochs=1, runs=1, holdout=2, device="cpu"))
     assert "--holdout 2" in str(err.value)

@@ -224,7 +224,9 @@ def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: E
     """Testing on held-out train images is fair only for a set condensed without exactly them."""
     if not cfg.holdout:
         return
-    made = syn.meta.get("holdout", 0) if isinstance(syn, SyntheticSet) else None
+    made = None  # unknown: a set made elsewhere (imported, or bare tensors)
+    if isinstance(syn, SyntheticSet) and syn.meta.get("method") != "imported":
+        made = syn.meta.get("holdout", 0)
     if made == cfg.holdout:
         return
     if made is None:
