@@ -3,12 +3,12 @@
 #
 # Budget (CPU): CIFAR-10 ipc 50, 200 iterations, batch_real 128, seeds 0 and 1, condensed under
 # bf16 autocast (every row alike; issue 11's check put bf16 within 0.5 points of float32 at ipc 10);
-# ConvNet 200 epochs x 2 models per set, trained in float32. One lane of one thread
-# (a 500-image set trains 5x as long per epoch as Table A's); resumable, cached: RUNS=3 after
-# RUNS=2 trains only the third model of each set.
+# ConvNet 200 epochs x 3 models per set (6 per row), trained in float32. One lane of one
+# thread (a 500-image set trains 5x as long per epoch as Table A's); resumable, cached: a set's
+# models are reused, so RUNS=5 after RUNS=3 trains only the fourth and fifth of each set.
 #
 #   benchmarks/ddm_ipc50.sh
-#   SEEDS="0 1" ITERS=500 RUNS=3 PRECISION=fp32 benchmarks/ddm_ipc50.sh   # a larger budget
+#   OUT=runs/ev/c500 ITERS=500 RUNS=5 PRECISION=fp32 benchmarks/ddm_ipc50.sh  # larger budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -17,7 +17,7 @@ OUT=${OUT:-runs/ev/c}
 SEEDS=${SEEDS:-0 1}
 ITERS=${ITERS:-200}
 PRECISION=${PRECISION:-bf16}
-RUNS=${RUNS:-2}
+RUNS=${RUNS:-3}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
