@@ -93,8 +93,6 @@ def cmd_condense(args: argparse.Namespace) -> None:
                 if not (folder / META_FILE).exists():
                     folder.mkdir(parents=True, exist_ok=True)
                     syn = random_subset(dataset.holdout(args.holdout), args.ipc, seed=seed)
-                    if args.holdout:
-                        syn.meta["holdout"] = args.holdout
                     save_synthetic(folder, syn)
                 continue
             for stage in stages:

@@ -45,6 +45,10 @@ def test_holdout_splits_train_into_two_disjoint_parts():
     assert _ids(ds.holdout(2).test) == _ids(held.test)
     assert (held.mean, held.std) == (ds.mean, ds.std)
     assert ds.holdout(0) is ds
+    assert held.held_out == 2 and held.holdout(2) is held  # applied once, not twice
+    with pytest.raises(ValueError, match="already holds out 2"):
+        held.holdout(3)
+    assert ds.subset_classes([0, 2]).held_out == 0 and held.subset_classes([1]).held_out == 2
 
 
 @pytest.mark.parametrize("n", [6, 7, -1])
@@ -86,6 +90,11 @@ def test_condense_never_draws_held_out_images(tmp_path):
     ds = _unique_dataset()
     cfg = CondenseConfig(dataset="tiny", ipc=1, iterations=1, batch_real=2, holdout=5)
     condense(cfg, tmp_path / "run", dataset=ds, progress=False, stop_after=0)
+    # a caller may pass the held-out dataset itself: the same images, not 5 more per class
+    condense(cfg, tmp_path / "again", dataset=ds.holdout(5), progress=False, stop_after=0)
+    assert torch.equal(
+        load_synthetic(tmp_path / "again").images, load_synthetic(tmp_path / "run").images
+    )
     syn = load_synthetic(tmp_path / "run")
     kept = ds.holdout(5).train
     by_class = kept.materialize()[torch.argsort(kept.labels, stable=True)]

@@ -37,6 +37,7 @@ def _meta(dataset: Dataset, ipc: int, method: str, seed: int, **extra) -> dict:
         "iterations": 0,
         "expansion_factor": 1,
         "version": __version__,
+        **({"holdout": dataset.held_out} if dataset.held_out else {}),
         **extra,
     }
 

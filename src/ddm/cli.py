@@ -258,9 +258,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"seed": args.seed}
     if args.method == "herding":
         kwargs.update(epochs=args.herding_epochs, device=args.device, progress=not args.quiet)
-    syn = BASELINES[args.method](dataset, args.ipc, **kwargs)
-    if args.holdout:
-        syn.meta["holdout"] = args.holdout
+    syn = BASELINES[args.method](dataset, args.ipc, **kwargs)  # meta records the holdout
     # by flag name, so the saved config.json is a valid --config
     settings = {
         "method": args.method,

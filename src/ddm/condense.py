@@ -617,8 +617,8 @@ class _Run:
             "precision": self.cfg.precision,
             "version": __version__,
         }
-        if self.cfg.holdout:
-            meta["holdout"] = self.cfg.holdout
+        if d.held_out:
+            meta["holdout"] = d.held_out
         images = self._gather(self.images.detach())
         return SyntheticSet(images.cpu().clone(), self.labels.clone(), meta)
 

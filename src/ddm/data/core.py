@@ -214,6 +214,7 @@ class Dataset:
     test: Split
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    held_out: int = 0  # train images per class moved to the test split (holdout); 0: none
     _mean_t: torch.Tensor = field(init=False, repr=False)
     _std_t: torch.Tensor = field(init=False, repr=False)
     _scale_t: torch.Tensor = field(init=False, repr=False)
@@ -332,8 +333,13 @@ class Dataset:
         """
         if per_class < 0:
             raise ValueError(f"holdout must be >= 0 images per class, got {per_class}")
-        if per_class == 0:
-            return self
+        if per_class == self.held_out:
+            return self  # 0, or already these images held out
+        if self.held_out:
+            raise ValueError(
+                f"{self.name} already holds out {self.held_out} images per class; hold out "
+                f"{per_class} from the whole dataset instead"
+            )
         gen = torch.Generator().manual_seed(HOLDOUT_SEED)
         held = torch.zeros(len(self.train), dtype=torch.bool)
         for c in range(self.num_classes):
@@ -357,7 +363,9 @@ class Dataset:
                 self.num_classes,
             )
 
-        return Dataset(self.name, self.classes, part(~held), part(held), self.mean, self.std)
+        return Dataset(
+            self.name, self.classes, part(~held), part(held), self.mean, self.std, per_class
+        )
 
     def subset_classes(self, classes: Sequence[int], relabel: bool = False) -> Dataset:
         """Only the samples of ``classes`` (continual learning, a block of classes).
@@ -379,7 +387,13 @@ class Dataset:
                 return split.select(torch.isin(split.labels, keep))
 
             return Dataset(
-                self.name, self.classes, pick(self.train), pick(self.test), self.mean, self.std
+                self.name,
+                self.classes,
+                pick(self.train),
+                pick(self.test),
+                self.mean,
+                self.std,
+                self.held_out,
             )
         lut = torch.full((self.num_classes,), -1, dtype=torch.int64)
         lut[keep] = torch.arange(len(keep))
@@ -396,6 +410,7 @@ class Dataset:
             pick_relabelled(self.test),
             self.mean,
             self.std,
+            self.held_out,
         )
 
 
