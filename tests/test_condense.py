@@ -14,6 +14,7 @@ from ddm.baselines import random_subset
 from ddm.bases import reinit_
 from ddm.condense import (
     NonFiniteLossError,
+    _input_conv,
     _Run,
     _Weights,
     condense,
@@ -390,9 +391,10 @@ def test_objective_equals_public_losses_released_form(digits):
     stats = real_statistics(net, batches, params, w, 25, torch.device("cpu"), nograd, False)
     total, terms = objective(net, stats, syn, [5] * classes, params, w, nograd, False)
     expected = torch.zeros(())
+    ref = syn.detach().clone().requires_grad_(True)
     for c in range(classes):
         re, rm = net.embed_and_maps(apply(batches[c], params[c]), tap="conv")
-        se, sm = net.embed_and_maps(apply(syn[5 * c : 5 * c + 5], params[c]), tap="conv")
+        se, sm = net.embed_and_maps(apply(ref[5 * c : 5 * c + 5], params[c]), tap="conv")
         expected = expected + (
             mmd_loss(re, se)
             + 180.0 * persample_moments_loss(rm, sm)
@@ -402,8 +404,13 @@ def test_objective_equals_public_losses_released_form(digits):
         )
     assert total.item() == pytest.approx(expected.item(), rel=1e-4)
     assert all(terms[t] > 0 for t in ("mmd", "mm", "cm", "cd", "sd")) and terms["icd"] == 0
+    # the same gradient, although the objective takes the first layer's synthetic Gram
+    # matrices from the patches (conv_mean_gram) and the public loss from the maps
+    assert _input_conv(net, w) is not None
     total.backward()
+    expected.backward()
     assert syn.grad is not None and syn.grad.abs().sum() > 0
+    torch.testing.assert_close(syn.grad, ref.grad, rtol=1e-3, atol=1e-3 * ref.grad.abs().max())
 
 
 def test_form_defaults_resolve_and_explicit_settings_win():

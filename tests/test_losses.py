@@ -514,3 +514,35 @@ def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
             got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_mean_gram_gradient_is_the_maps_gradient():
+    """With autograd (the synthetic side): the gradient on the images equals the one through
+    the convolution's maps."""
+    from ddm.losses import conv_mean_gram, mean_gram
+
+    g = torch.Generator().manual_seed(5)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1).double()
+    x = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.randn(16, 16, generator=g, dtype=torch.float64) * 0.1
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    (mean_gram(conv(a)) - target).pow(2).sum().backward()
+    patches = conv_mean_gram(b, conv.weight, conv.bias, conv.padding).double()
+    (patches - target).pow(2).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6 * a.grad.abs().max())
+
+
+def test_spread_directions_only_those_the_batch_spans():
+    """A real batch of 3 distinct embeddings (each 4 times) spans 2 directions: asked for 5,
+    2 come back, orthonormal, with the batch's std along each (a float64 SVD's)."""
+    from ddm.losses import spread_directions
+
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(3, 50, generator=g)
+    real = base.repeat(4, 1)  # 12 x 50, rank 2 once centred
+    dirs, a = spread_directions(real, 5)
+    assert dirs.shape == (50, 2) and a.shape == (2,)
+    torch.testing.assert_close(dirs.T @ dirs, torch.eye(2), atol=1e-5, rtol=0)
+    centred = (real - real.mean(0)).double()
+    s = torch.linalg.svdvals(centred)[:2]
+    torch.testing.assert_close(a.double(), s / (12 - 1) ** 0.5, rtol=1e-5, atol=0)
