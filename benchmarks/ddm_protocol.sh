@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 9, Figure B under the evaluation protocol's training length (METHOD.md section 6:
+# 1,000 epochs, lr x 0.1 at half) instead of the reduced 200 epochs of Tables A-D.
+#
+# Evaluates the sets that benchmarks/ddm_longer.sh left in OUT (runs/ev/b) at ITERS with
+# ConvNet, 1,000 epochs x RUNS models per set (float32), and reports each row and each form's
+# gain over DM, paired by condensation seed. Evaluations are cached per set (metrics.json), so
+# a model already trained is not trained again; one thread; resumable (run it again).
+#
+#   benchmarks/ddm_protocol.sh                          # sets at 2000 iterations, 3 models each
+#   SEEDS=1 benchmarks/ddm_protocol.sh                  # one lane per seed (then report again)
+#   ITERS="500 2000" benchmarks/ddm_protocol.sh         # also the 500-iteration sets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ROOT=${DATA_ROOT:-../shared/data}
+OUT=${OUT:-runs/ev/b}
+SEEDS=${SEEDS:-0 1}
+ROWS=${ROWS:-dm ddm ddm-paper}
+ITERS=${ITERS:-2000}
+RUNS=${RUNS:-3}
+EPOCHS=${EPOCHS:-1000}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+EV="$PY benchmarks/evidence.py"
+C=(--out "$OUT" --data-root "$ROOT")
+if [ -n "${WAIT_PID:-}" ]; then
+    while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 15; done
+fi
+# shellcheck disable=SC2086
+for seed in $SEEDS; do
+    $EV evaluate "${C[@]}" --rows $ROWS --seeds "$seed" --all-snapshots --only-iterations $ITERS \
+        --epochs "$EPOCHS" --runs "$RUNS"
+done
+# shellcheck disable=SC2086
+$EV report "${C[@]}" --rows dm ddm-paper ddm --epochs "$EPOCHS" --runs "$RUNS" \
+    --pairs dm:ddm-paper dm:ddm --by-iteration --results benchmarks/results/figure_b_protocol
