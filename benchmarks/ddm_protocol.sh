@@ -20,6 +20,7 @@ ROWS=${ROWS:-dm ddm ddm-paper}
 ITERS=${ITERS:-2000}
 RUNS=${RUNS:-3}
 EPOCHS=${EPOCHS:-1000}
+RESULTS=${RESULTS:-benchmarks/results/figure_b_protocol}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
@@ -33,4 +34,4 @@ for seed in $SEEDS; do
 done
 # shellcheck disable=SC2086
 $EV report "${C[@]}" --rows dm ddm-paper ddm --epochs "$EPOCHS" --runs "$RUNS" \
-    --pairs dm:ddm-paper dm:ddm --by-iteration --results benchmarks/results/figure_b_protocol
+    --pairs dm:ddm-paper dm:ddm --by-iteration --results "$RESULTS"

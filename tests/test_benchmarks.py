@@ -202,6 +202,26 @@ def test_evidence_condense_snapshots_evaluate_report(tmp_path):
             assert d["per_seed"][s] == pytest.approx(sum(ddm) / 2 - sum(dm) / 2)
         assert d["a_stats"][2] == d["b_stats"][2] == 4
     assert by_it[1]["mean"] == pytest.approx(pair["mean"])  # the final iteration: --pairs' value
+    # ddm_protocol.sh: a third model per set at one iteration, the first two reused
+    stamp = (out / "dm" / "s0" / "it3" / "metrics.json").read_text()
+    proto = {"PY": sys.executable, "DATA_ROOT": str(root), "OUT": str(out), "ROWS": "dm ddm"}
+    proto |= {"ITERS": "3", "EPOCHS": "2", "RUNS": "3", "RESULTS": str(tmp_path / "proto")}
+    res = subprocess.run(
+        ["bash", str(BENCH / "ddm_protocol.sh")],
+        capture_output=True,
+        text=True,
+        env={**env, **proto},
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = read_json(tmp_path / "proto.json")
+    dm = got["rows"]["dm"]["convnet"]
+    assert dm["n"] == 6 and dm["iterations"] == 3
+    three = dm["per_seed"]["0"]
+    assert three[:2] == raw["dm"]["3"]["convnet"]["0"]  # the two trained before, reused
+    assert stamp != (out / "dm" / "s0" / "it3" / "metrics.json").read_text()
+    assert [(d["a"], d["b"], d["iteration"]) for d in got["pairs"]] == [("dm", "ddm", 3)]
     # style gaps and spread of every snapshot, cached in each set's diagnose.json
     diag = ["diagnose", *common, "--all-snapshots", "--rows", "dm", "ddm", "--nets", "1"]
     diag += ["--batch", "3", "--results", str(tmp_path / "d")]
