@@ -18,6 +18,7 @@ ROOT=${DATA_ROOT:-../shared/data}
 FROM=${FROM:-runs/ev/a}
 OUT=${OUT:-runs/ev/b}
 SEEDS=${SEEDS:-0 1}
+FIGURE_SEEDS=${FIGURE_SEEDS:-0 1}  # the figure pairs these seeds (a lane running one seed still draws both)
 ROWS=${ROWS:-dm ddm ddm-paper}
 ITERS=${ITERS:-1000}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
@@ -47,4 +48,4 @@ done
 # shellcheck disable=SC2086
 $EV report "${C[@]}" --rows dm ddm-paper ddm --epochs 200 --runs 3 --pairs dm:ddm-paper dm:ddm \
     --by-iteration --results benchmarks/results/figure_b \
-    --figure docs/ddm_gain_vs_iterations_long.png --figure-seeds $SEEDS
+    --figure docs/ddm_gain_vs_iterations_long.png --figure-seeds $FIGURE_SEEDS
