@@ -11,23 +11,19 @@
 #   SEEDS="0 1" RUNS=2 PRECISION=fp32 benchmarks/ddm_cross_arch.sh   # a larger budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 OUT=${OUT:-runs/ev/a}
 SEEDS=${SEEDS:-0}
 RUNS=${RUNS:-1}
 PRECISION=${PRECISION:-bf16}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
 E=(--epochs 200 --runs "$RUNS" --precision "$PRECISION")
 
 lane() {  # items MODEL:ROW[,ROW...] in order
     local wait_pid=$1
     shift
-    if [ -n "$wait_pid" ]; then
-        while kill -0 "$wait_pid" 2>/dev/null; do sleep 15; done
-    fi
+    wait_for "$wait_pid"
     for item in "$@"; do
         # shellcheck disable=SC2086
         $EV evaluate "${C[@]}" "${E[@]}" --seeds $SEEDS --models "${item%%:*}" \

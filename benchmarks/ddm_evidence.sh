@@ -10,18 +10,14 @@
 #   ROWS_EXTRA="idm ddm-idm" benchmarks/ddm_evidence.sh   # the IDM rows too
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 OUT=${OUT:-runs/ev/a}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 COMMON=(--out "$OUT" --data-root "$ROOT")
 
 lane() {  # one condensation seed: condense and evaluate each row in priority order
     local seed=$1 wait_pid=${2:-}
-    if [ -n "$wait_pid" ]; then  # a job already condensing this seed's folders
-        while kill -0 "$wait_pid" 2>/dev/null; do sleep 15; done
-    fi
+    wait_for "$wait_pid"  # a job already condensing this seed's folders
     for row in random dm ddm ddm-paper style ${ROWS_EXTRA:-}; do
         $EV condense "${COMMON[@]}" --rows "$row" --seeds "$seed" --iterations 500 \
             --snapshots 100 300 --batch-real 128

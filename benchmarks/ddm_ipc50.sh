@@ -11,20 +11,16 @@
 #   OUT=runs/ev/c500 ITERS=500 RUNS=5 PRECISION=fp32 benchmarks/ddm_ipc50.sh  # larger budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 OUT=${OUT:-runs/ev/c}
 SEEDS=${SEEDS:-0 1}
 ITERS=${ITERS:-200}
 PRECISION=${PRECISION:-bf16}
 RUNS=${RUNS:-3}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
 mkdir -p "$OUT"
-if [ -n "${WAIT_PID:-}" ]; then
-    while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 15; done
-fi
+wait_for "${WAIT_PID:-}"
 for row in "dm=dm:precision=$PRECISION" "ddm-paper=ddm:form=paper,precision=$PRECISION" \
     "ddm=ddm:form=released,precision=$PRECISION"; do
     # shellcheck disable=SC2086

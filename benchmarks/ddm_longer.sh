@@ -13,20 +13,16 @@
 #   ROWS="dm ddm" ITERS=2000 benchmarks/ddm_longer.sh   # then DM and released DDM to 2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 FROM=${FROM:-runs/ev/a}
 OUT=${OUT:-runs/ev/b}
 SEEDS=${SEEDS:-0 1}
 FIGURE_SEEDS=${FIGURE_SEEDS:-0 1}  # the figure pairs these seeds (a lane running one seed still draws both)
 ROWS=${ROWS:-dm ddm ddm-paper}
 ITERS=${ITERS:-1000}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
-if [ -n "${WAIT_PID:-}" ]; then
-    while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 15; done
-fi
+wait_for "${WAIT_PID:-}"
 for seed in $SEEDS; do
     for row in $ROWS; do
         if [ ! -e "$OUT/$row/s$seed" ]; then

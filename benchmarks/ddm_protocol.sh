@@ -12,8 +12,8 @@
 #   ITERS="500 2000" benchmarks/ddm_protocol.sh         # also the 500-iteration sets
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 OUT=${OUT:-runs/ev/b}
 SEEDS=${SEEDS:-0 1}
 ROWS=${ROWS:-dm ddm ddm-paper}
@@ -21,12 +21,8 @@ ITERS=${ITERS:-2000}
 RUNS=${RUNS:-3}
 EPOCHS=${EPOCHS:-1000}
 RESULTS=${RESULTS:-benchmarks/results/figure_b_protocol}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
-if [ -n "${WAIT_PID:-}" ]; then
-    while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 15; done
-fi
+wait_for "${WAIT_PID:-}"
 # shellcheck disable=SC2086
 for seed in $SEEDS; do
     $EV evaluate "${C[@]}" --rows $ROWS --seeds "$seed" --all-snapshots --only-iterations $ITERS \

@@ -13,22 +13,18 @@
 #   ITERS=500 SEEDS="0 1" benchmarks/precision_quality.sh     # a larger budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+# shellcheck source=benchmarks/lane.sh
+source benchmarks/lane.sh
 OUT=${OUT:-runs/ev/prec}
 ITERS=${ITERS:-200}
 SEEDS=${SEEDS:-0}
-export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-EV="$PY benchmarks/evidence.py"
 C=(--out "$OUT" --data-root "$ROOT")
 mkdir -p "$OUT"
 
 lane() {  # rows in order: condense (seeds), then evaluate in float32
     local wait_pid=$1
     shift
-    if [ -n "$wait_pid" ]; then
-        while kill -0 "$wait_pid" 2>/dev/null; do sleep 15; done
-    fi
+    wait_for "$wait_pid"
     for row in "$@"; do
         # shellcheck disable=SC2086
         $EV condense "${C[@]}" --rows "$row" --seeds $SEEDS --iterations "$ITERS" --batch-real 128
