@@ -12,6 +12,7 @@ from ddm.models import (
     MODELS,
     NORMS,
     POOLINGS,
+    AvgPool2x2,
     ConvNet,
     available_models,
     build_model,
@@ -342,3 +343,34 @@ def test_convnet_conv_tap_survives_inplace_relu_without_norm() -> None:
 def test_convnet_unknown_tap() -> None:
     with pytest.raises(ValueError, match="unknown tap"):
         ConvNet(3, 10, 32).feature_maps(_batch(3, 32, n=1), tap="norm")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_avgpool2x2_equals_avg_pool2d_values_and_gradients(dtype: torch.dtype) -> None:
+    """The CPU pooling (a depthwise convolution, its bf16 input gradient in closed form) gives
+    nn.AvgPool2d's values and gradients, and the convolution's own gradient bitwise."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 6, 8, dtype=dtype)
+    g = torch.randn(3, 4, 3, 4, dtype=dtype)
+    ours = x.clone().requires_grad_()
+    out = AvgPool2x2()(ours)
+    out.backward(g)
+    ref = x.clone().requires_grad_()
+    expected = nn.AvgPool2d(2, 2)(ref)
+    expected.backward(g)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(ours.grad, ref.grad)
+    conv = x.clone().requires_grad_()
+    weight = torch.full((4, 1, 2, 2), 0.25, dtype=dtype)
+    F.conv2d(conv, weight, stride=2, groups=4).backward(g)
+    assert torch.equal(ours.grad, conv.grad)
+    # a hand-checked entry: input pixel (0, 0, 1, 1) gets a quarter of output (0, 0, 0, 0)
+    assert float(ours.grad[0, 0, 1, 1]) == float(g[0, 0, 0, 0]) * 0.25
+
+
+def test_avgpool2x2_twice_differentiable_and_odd_sizes_fall_back() -> None:
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(AvgPool2x2(), (x,))
+    assert torch.autograd.gradgradcheck(AvgPool2x2(), (x,))
+    odd = torch.randn(1, 2, 5, 5)
+    torch.testing.assert_close(AvgPool2x2()(odd), F.avg_pool2d(odd, 2, 2))
