@@ -314,9 +314,9 @@ def persample_moments(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _PersampleMoments(torch.autograd.Function):
     """``persample_moments`` with autograd on CPU: the forward from group norm's statistics
     kernel (as without autograd), the backward in closed form, d mu / dx = 1 / HW and
-    d s / dx = (x - mu) / (HW s), in one expression. The ops of the mean / deviation route,
-    forward and backward, cost about 30 ms per released-DDM iteration (10 classes, 3 maps);
-    this one about a third of that."""
+    d s / dx = (x - mu) / (HW s), in one expression. Measured (2 threads, the synthetic
+    moments of 10 classes x 3 maps, forward and backward): 132 ms by the mean / deviation
+    route, 63 ms this way."""
 
     @staticmethod
     def forward(ctx, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
