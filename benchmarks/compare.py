@@ -74,6 +74,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3, help="evaluation models per row")
     p.add_argument("--herding-epochs", type=int, default=1)
     p.add_argument("--model", default="convnet", help="evaluation architecture")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="the evaluation's training precision, auto | fp32 | bf16 (fp32: README's tables)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/compare")
@@ -83,9 +88,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.dataset, args.data_root)
-    ecfg = EvalConfig(model=args.model, epochs=args.epochs, runs=args.runs, device=args.device)
+    ecfg = EvalConfig(
+        model=args.model,
+        epochs=args.epochs,
+        runs=args.runs,
+        device=args.device,
+        precision=args.precision,
+    )
     # a cached evaluation counts only if it trained in the precision this one would
-    precision = resolve_precision(ecfg.precision, resolve_device(ecfg.device))
+    precision = resolve_precision(ecfg.precision, resolve_device(ecfg.device), dataset.image_size)
     results = []
     for spec in args.rows:
         name, method, overrides = parse_row(spec)

@@ -41,7 +41,7 @@ for method in "${METHODS[@]}"; do
         --method "$method" --steps 5 --ipc 10 \
         --iterations 100 --batch-real 64 \
         --orders 2 --runs 2 --epochs 60 \
-        --set precision=fp32 \
+        --set precision=fp32 --eval-precision fp32 \
         --out "$OUT/$method" "${extra[@]}" "$@"
 done
 

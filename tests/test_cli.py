@@ -194,7 +194,23 @@ def test_demo_prints_table(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "| DM" in out and "| random subset" in out
-    assert read_json(tmp_path / "dm" / "metrics.json")["evaluations"][0]["epochs"] == 3
+    entry = read_json(tmp_path / "dm" / "metrics.json")["evaluations"][0]
+    assert entry["epochs"] == 3
+    # the header names the precision both steps ran in (auto: by hardware)
+    precision = read_json(tmp_path / "dm" / "meta.json")["precision"]
+    assert f"3 epochs x 1 runs, {precision} (" in out
+    assert entry["protocol"]["precision"] == precision
+
+
+def test_demo_precision_flag(tmp_path, capsys):
+    argv = ["demo", "--iterations", "2", "--epochs", "2", "--runs", "1", "--precision", "fp32"]
+    assert ddm(*argv, "--out", str(tmp_path)) == 0
+    assert "2 epochs x 1 runs, fp32 (" in capsys.readouterr().out
+    assert read_json(tmp_path / "dm" / "config.json")["precision"] == "fp32"
+    assert (
+        read_json(tmp_path / "random" / "metrics.json")["evaluations"][0]["protocol"]["precision"]
+        == "fp32"
+    )
 
 
 def test_idm_run_show_expanded_and_evaluate(tmp_path, capsys):

@@ -225,6 +225,27 @@ def test_other_settings_refused_unless_overwrite(runs, tmp_path, monkeypatch):
     assert len(_rows(out / "results.csv")) == 2
 
 
+def test_eval_precision_is_a_setting_and_old_runs_read_as_fp32(runs, tmp_path):
+    out = tmp_path / "random"
+    shutil.copytree(runs / "random", out)
+    argv = ["continual", "--dataset", "digits", "--method", "random", *TINY, "--out", str(out)]
+    saved = read_json(out / "config.json")
+    # recorded as resolved on this machine, the default being auto
+    assert saved["continual"]["eval_precision"] == "auto"
+    assert saved["evaluation"]["precision"] in ("fp32", "bf16")
+    with pytest.raises(RunFolderError, match="eval_precision: 'auto' -> 'bf16'"):
+        _cli([*argv, "--eval-precision", "bf16"])
+    # a run from before the setting (no eval_precision saved) trained in float32
+    del saved["continual"]["eval_precision"]
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunFolderError, match="eval_precision: 'fp32' -> 'auto'"):
+        _cli(argv)
+    assert _cli([*argv, "--eval-precision", "fp32"]) == 0  # continues, nothing to redo
+    with pytest.raises(ValueError, match="unknown --eval-precision 'fp16'"):
+        run_continual(ContinualConfig(dataset="digits", method="random", eval_precision="fp16"),
+                      tmp_path / "bad")  # fmt: skip
+
+
 def test_more_orders_extend_a_finished_run(runs, tmp_path, monkeypatch):
     out = tmp_path / "random"
     shutil.copytree(runs / "random", out)

@@ -244,7 +244,7 @@ def test_entries_name_their_set(tmp_path, digits):
 
     first = random_subset(digits, 2, seed=0)
     save_synthetic(tmp_path, first)
-    cfg = EvalConfig(epochs=2, runs=1)
+    cfg = EvalConfig(epochs=2, runs=1, precision="fp32")
     evaluate_run(tmp_path, cfg, dataset=digits, progress=False)
     (entry,) = read_json(tmp_path / "metrics.json")["evaluations"]
     assert entry["set"] == set_fingerprint(first)

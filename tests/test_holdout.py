@@ -164,8 +164,8 @@ def test_evaluate_refuses_held_out_images_the_set_may_have_seen(monkeypatch, mad
 def test_held_out_and_test_results_are_kept_apart(tmp_path, monkeypatch):
     ds = _unique_dataset()
     syn = _set(ds, 2)
-    test_cfg = EvalConfig(epochs=1, runs=2, device="cpu")
-    held_cfg = EvalConfig(epochs=1, runs=2, holdout=2, device="cpu")
+    test_cfg = EvalConfig(epochs=1, runs=2, device="cpu", precision="fp32")
+    held_cfg = EvalConfig(epochs=1, runs=2, holdout=2, device="cpu", precision="fp32")
     _spy(monkeypatch, 40.0)
     evaluate_folder(tmp_path, syn, ds, test_cfg, progress=False)
     seen = _spy(monkeypatch, 60.0)

@@ -22,22 +22,22 @@ def test_auto_follows_the_capability_query(monkeypatch):
     assert resolve_precision("fp32", CPU) == "fp32"
 
 
-def test_auto_keeps_small_images_in_float32(monkeypatch):
-    # measured: bf16 gains nothing at 8 x 8 (the casts cost what the products save)
+def test_auto_keeps_images_below_the_measured_sizes_in_float32(monkeypatch):
+    # measured: bf16 is faster from 8 x 8 (the smallest size measured) up
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
-    assert runtime.BF16_MIN_IMAGE_SIZE == 16
-    assert resolve_precision("auto", CPU, image_size=8) == "fp32"
-    assert resolve_precision("auto", CPU, image_size=15) == "fp32"
-    assert resolve_precision("auto", CPU, image_size=16) == "bf16"
+    assert runtime.BF16_MIN_IMAGE_SIZE == 8
+    assert resolve_precision("auto", CPU, image_size=4) == "fp32"
+    assert resolve_precision("auto", CPU, image_size=7) == "fp32"
+    assert resolve_precision("auto", CPU, image_size=8) == "bf16"
     assert resolve_precision("auto", CPU, image_size=32) == "bf16"
-    assert resolve_precision("bf16", CPU, image_size=8) == "bf16"  # asked for explicitly
+    assert resolve_precision("bf16", CPU, image_size=4) == "bf16"  # asked for explicitly
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
     assert resolve_precision("auto", CPU, image_size=64) == "fp32"
 
 
-def test_defaults_auto_for_condensation_fp32_for_the_protocol():
+def test_defaults_auto_for_condensation_and_the_protocol():
     assert CondenseConfig().precision == "auto"
-    assert EvalConfig().precision == "fp32"
+    assert EvalConfig().precision == "auto"
 
 
 def test_default_condensation_resolves_by_hardware_and_image_size(tmp_path, monkeypatch):
@@ -48,8 +48,12 @@ def test_default_condensation_resolves_by_hardware_and_image_size(tmp_path, monk
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
     cfg = CondenseConfig(dataset="digits", ipc=1, iterations=1, batch_real=8)  # 8 x 8 images
     condense(cfg, tmp_path / "digits", progress=False)
-    assert read_json(tmp_path / "digits" / "config.json")["precision"] == "fp32"
-    g = torch.Generator().manual_seed(0)  # the same default on 16 x 16 images: bf16
+    assert read_json(tmp_path / "digits" / "config.json")["precision"] == "bf16"
+    # the floor is read at run time: raised above 8, digits stay float32, 16 x 16 images not
+    monkeypatch.setattr(runtime, "BF16_MIN_IMAGE_SIZE", 16)
+    condense(cfg, tmp_path / "digits16", progress=False)
+    assert read_json(tmp_path / "digits16" / "config.json")["precision"] == "fp32"
+    g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 3, 16, 16), generator=g, dtype=torch.uint8)
     labels = torch.arange(4).repeat_interleave(10)
     train, test = Split(images, labels, 4), Split(images[::5], labels[::5], 4)
@@ -210,7 +214,7 @@ def test_old_runs_without_precision_resume_as_fp32():
         _check_resumable({**saved, "bf16": True}, cfg)
 
 
-def test_bf16_evaluation_trains_and_records_precision(tmp_path):
+def test_bf16_evaluation_trains_and_records_precision(tmp_path, monkeypatch):
     from ddm.data import load_dataset
     from ddm.evaluate import evaluate_set
 
@@ -223,9 +227,10 @@ def test_bf16_evaluation_trains_and_records_precision(tmp_path):
     assert 0.0 <= result.mean <= 100.0
     assert result.to_dict(cfg)["protocol"]["precision"] == "bf16"
     auto = EvalConfig(epochs=1, runs=1, precision="auto")
-    result = evaluate_set((images, labels), dataset, auto, progress=False)
-    # auto on 8 x 8 digits: float32 whatever the hardware (BF16_MIN_IMAGE_SIZE)
-    assert result.to_dict(auto)["protocol"]["precision"] == "fp32"
+    for units, expected in ((True, "bf16"), (False, "fp32")):  # auto follows the hardware
+        monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda units=units: units)
+        result = evaluate_set((images, labels), dataset, auto, progress=False)
+        assert result.to_dict(auto)["protocol"]["precision"] == expected
 
 
 @pytest.mark.parametrize("tap", ["conv", "act"])

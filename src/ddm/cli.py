@@ -463,8 +463,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         batch_real=args.batch_real,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
-    ecfg = EvalConfig(epochs=args.epochs, runs=args.runs, device=args.device)
+    ecfg = EvalConfig(
+        epochs=args.epochs, runs=args.runs, device=args.device, precision=args.precision
+    )
     print(
         f"condensing digits ({dataset.num_classes} classes, {len(dataset.train)} train "
         f"images) into {args.ipc} images per class with {args.method.upper()}, "
@@ -487,8 +490,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = evaluate_folder(folder, s, dataset, ecfg, progress=not args.quiet)
         rows.append((name, f"{result} %"))
     print(
-        f"\ndigits, ipc {args.ipc}, ConvNet, {args.epochs} epochs x {args.runs} runs "
-        f"(test accuracy, mean +- std):"
+        f"\ndigits, ipc {args.ipc}, ConvNet, {args.epochs} epochs x {args.runs} runs, "
+        f"{syn.meta['precision']} (test accuracy, mean +- std):"
     )
     print(_table(rows, ("set", "accuracy")))
     print(f"\nruns and grids in {out}/ (grid.png in each folder)")
@@ -636,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_continual(sub)
 
+    from .config import PRECISIONS
+
     p = sub.add_parser("demo", help="the main job: DM on the embedded digits vs random subset")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--method", default="dm", choices=("dm", "ddm"))
@@ -646,6 +651,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="condensation and evaluation: auto | fp32 | bf16 (%(default)s: bf16 where the "
+        "hardware runs it fast)",
+    )
     p.set_defaults(func=cmd_demo)
 
     for name in _CONFIG_COMMANDS:

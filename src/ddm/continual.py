@@ -40,7 +40,14 @@ import torch
 from . import __version__
 from .baselines import herding, random_subset
 from .condense import CHECKPOINT_FILE, condense
-from .config import METHODS, CondenseConfig, EvalConfig, parse_overrides
+from .config import (
+    DEFAULT_EVAL_PRECISION,
+    METHODS,
+    PRECISIONS,
+    CondenseConfig,
+    EvalConfig,
+    parse_overrides,
+)
 from .data import Dataset, Split, load_dataset
 from .evaluate import train_and_test
 from .io import (
@@ -54,7 +61,7 @@ from .io import (
     read_json,
     save_synthetic,
 )
-from .runtime import generator, seed_for
+from .runtime import generator, resolve_device, resolve_precision, seed_for
 
 __all__ = [
     "ContinualConfig",
@@ -108,6 +115,7 @@ class ContinualConfig:
     orders: int = 5  # class orders 0..orders-1
     runs: int = 3  # evaluation models per (order, step)
     epochs: int = 1000  # evaluation training epochs
+    eval_precision: str = DEFAULT_EVAL_PRECISION  # the evaluation's training: auto | fp32 | bf16
     iterations: int = 20000  # condensation iterations per step
     batch_real: int = 256
     base: str | None = None
@@ -144,6 +152,10 @@ class ContinualConfig:
                     )
             if self.method not in METHODS:
                 raise ValueError(f"--set applies to condensation methods, not {self.method!r}")
+        if self.eval_precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown --eval-precision {self.eval_precision!r}; known: {', '.join(PRECISIONS)}"
+            )
         if self.method == "herding" and self.herding_epochs <= 0:
             raise ValueError(f"--herding-epochs must be positive, got {self.herding_epochs}")
         if self.method in METHODS:
@@ -177,6 +189,7 @@ class ContinualConfig:
             runs=self.runs,
             seed=seed_for(self.seed, EVAL_STREAM, order, step),
             device=self.device,
+            precision=self.eval_precision,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,7 +370,8 @@ def _prepare(out: Path, config: dict[str, Any], overwrite: bool) -> list[dict[st
                 f"{out} has {PROGRESS_FILE} but no {CONFIG_FILE}; pass --overwrite to start over"
             )
         return []
-    saved = read_json(out / CONFIG_FILE).get("continual", {})
+    # runs from before --eval-precision trained their models in float32
+    saved = {"eval_precision": "fp32", **read_json(out / CONFIG_FILE).get("continual", {})}
     now = config["continual"]
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
@@ -382,9 +396,14 @@ def _resolved(settings: ContinualConfig, dataset: Dataset) -> dict[str, Any]:
     if settings.method in METHODS:
         cfg = settings.condense_config(dataset.name).resolved()
         out["condense"] = cfg.to_dict()
+    ecfg = settings.eval_config(0, 1)
     out["evaluation"] = {
-        **dataclasses.asdict(settings.eval_config(0, 1)),
+        **dataclasses.asdict(ecfg),
         "seed": f"seed_for(seed, {EVAL_STREAM}, order, step)",
+        # as resolved on this machine ('auto' -> fp32 | bf16)
+        "precision": resolve_precision(
+            ecfg.precision, resolve_device(ecfg.device), dataset.image_size
+        ),
     }
     out["dataset"] = {
         "name": dataset.name,
@@ -674,6 +693,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--orders", type=int, default=d.orders, help="class orders (%(default)s)")
     p.add_argument("--runs", type=int, default=d.runs, help="models per step (%(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per model (%(default)s)")
+    p.add_argument(
+        "--eval-precision",
+        default=d.eval_precision,
+        choices=PRECISIONS,
+        help="the evaluation's training precision (%(default)s: bf16 where the hardware is fast)",
+    )
     p.add_argument("--iterations", type=int, default=d.iterations, help="per step (%(default)s)")
     p.add_argument("--batch-real", type=int, default=d.batch_real, help="(%(default)s)")
     p.add_argument("--base", default=None, help="base of ddm: dm | idm (default dm)")

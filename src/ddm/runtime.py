@@ -151,10 +151,13 @@ def bf16_fast(device: torch.device) -> bool:
     return False
 
 
-# Smallest image side at which ``auto`` picks bf16. Measured on a CPU with avx512_bf16 (ConvNet,
-# one thread, bf16 / float32 time of a condensation step): 8x8 1.03-1.06 (no gain: the casts
-# cost what the products save), 16x16 0.69, 28x28 0.64, 32x32 0.68, 64x64 0.51.
-BF16_MIN_IMAGE_SIZE = 16
+# Smallest image side at which ``auto`` picks bf16: the smallest measured. On a CPU with
+# avx512_bf16 (ConvNet, benchmarks/precision_sizes.py, 2 threads), bf16 / float32 time of a
+# condensation step and of a training step: 8x8 0.62 / 0.60, 16x16 0.62 / 0.62, 28x28
+# 0.54 / 0.63, 32x32 0.54 / 0.64, 64x64 0.36 / 0.37 (one thread: 0.61 / 0.74 at 8x8). Before
+# the pooling's bf16 backward was formed directly (ddm.models.AvgPool2x2) 8x8 gained nothing
+# and the floor was 16.
+BF16_MIN_IMAGE_SIZE = 8
 
 
 def resolve_precision(precision: str, device: torch.device, image_size: int | None = None) -> str:
