@@ -53,6 +53,10 @@ def test_cifar10_end_to_end(tmp_path, cifar_root, capsys):
     assert ddm("evaluate", str(out), "--epochs", "2", "--runs", "2") == 0
     entry = read_json(out / "metrics.json")["evaluations"][0]
     assert entry["runs"] == 2 and len(entry["accuracies"]) == 2 and entry["epochs"] == 2
+    # the line names the precision the models trained in (auto: as resolved)
+    precision = entry["protocol"]["precision"]
+    assert precision in ("fp32", "bf16")
+    assert f"convnet, 2 epochs, 2 runs, {precision}: " in capsys.readouterr().out
     assert all(0 <= a <= 100 for a in entry["accuracies"])
     (out / "grid.png").unlink()
     assert ddm("show", str(out)) == 0 and (out / "grid.png").exists()

@@ -336,7 +336,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if result.reused:
             where += f"  ({result.reused} of {cfg.runs} models from earlier in metrics.json)"
         dist.echo(
-            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs: {result} %  "
+            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}: "
+            f"{result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
