@@ -525,7 +525,7 @@ def test_compile_compiles_the_embedding_matching_calls(digits, monkeypatch):
 )
 def test_compiled_run_matches_eager(digits):
     """The real compiler (Inductor): the same set as the eager run, to float32 rounding."""
-    cfg = dataclasses.replace(TINY, iterations=2)
+    cfg = dataclasses.replace(TINY, iterations=2, precision="fp32")
     eager = condense(cfg, dataset=digits, progress=False)
     comp = condense(dataclasses.replace(cfg, compile=True), dataset=digits, progress=False)
     assert torch.allclose(comp.images, eager.images, atol=1e-4)

@@ -244,7 +244,7 @@ def test_two_ranks_evaluate_like_one_process(tmp_path, digits, one_thread):
     entry = read_json(tmp_path / "set/metrics.json")["evaluations"][0]
     assert entry["accuracies"] == pytest.approx(one.accuracies, abs=1e-3)
     assert entry["runs"] == 3
-    assert proc.stdout.count("3 runs:") == 1  # rank 0 prints
+    assert proc.stdout.count("3 runs, ") == 1  # rank 0 prints
 
 
 def test_batchnorm_matching_network_is_refused_on_two_ranks(digits, monkeypatch):

@@ -516,6 +516,57 @@ def test_conv_mean_gram_equals_the_gram_of_the_conv_output(bias):
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_mean_gram_in_bf16_is_close_to_the_float64_gram(bias):
+    """The real batch under bf16 precision: bf16 patches, one image per product, float32
+    sums: within 1e-3 of the largest entry here (16 images; 7e-5 at 256 CIFAR images), and
+    closer than the bf16 Gram of bf16 maps (what the other layers use)."""
+    from ddm.losses import conv_mean_gram, mean_gram
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(16, 3, 12, 12, generator=g) * 0.5 + 0.2
+    for kernel, padding in ((3, 1), ((3, 5), (1, 2)), (3, 0)):
+        conv = torch.nn.Conv2d(3, 32, kernel, padding=padding, bias=bias)
+        with torch.no_grad():
+            got = conv_mean_gram(x, conv.weight, conv.bias, conv.padding, torch.bfloat16)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                maps = conv(x)
+            via_maps = mean_gram(maps, torch.bfloat16)
+            expected = mean_gram(conv.double()(x.double()))
+        assert got.dtype == torch.float32
+        err = (got.double() - expected).abs().max() / expected.abs().max()
+        assert 0 < err < 1e-3  # not the float32 route (which is exact to 1e-7)
+        assert err < (via_maps.double() - expected).abs().max() / expected.abs().max()
+    # with autograd the float32 route is taken (the synthetic side): exact, differentiable
+    conv = torch.nn.Conv2d(3, 32, 3, padding=1, bias=bias)
+    xg = x.clone().requires_grad_(True)
+    got = conv_mean_gram(xg, conv.weight, conv.bias, conv.padding, torch.bfloat16)
+    got.sum().backward()
+    assert xg.grad is not None
+    with torch.no_grad():
+        expected = mean_gram(conv.double()(x.double()))
+    torch.testing.assert_close(got.detach().double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_spread_directions_many_equals_one_by_one():
+    """The classes solved side by side (threads) give the sequential results bitwise."""
+    from ddm.losses import spread_directions, spread_directions_many
+
+    g = torch.Generator().manual_seed(9)
+    embs = [torch.randn(40, 64, generator=g) * torch.linspace(2, 0.1, 64) for _ in range(5)]
+    one_by_one = [spread_directions(e, 9) for e in embs]
+    threads = torch.get_num_threads()
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            many = spread_directions_many(embs, 9)
+            assert torch.get_num_threads() == n  # restored
+            for (d1, a1), (d2, a2) in zip(one_by_one, many, strict=True):
+                assert torch.equal(d1, d2) and torch.equal(a1, a2)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_conv_mean_gram_gradient_is_the_maps_gradient():
     """With autograd (the synthetic side): the gradient on the images equals the one through
     the convolution's maps."""

@@ -73,7 +73,7 @@ from .losses import (
     moments_from_stats,
     persample_moments,
     persample_moments_from_stats,
-    spread_directions,
+    spread_directions_many,
     spread_from_stats,
     style_spread_from_stats,
 )
@@ -286,8 +286,6 @@ def _class_stats(
             if weights.w_sd > 0:
                 stat.mu_std.append(mu.std(0))
                 stat.s_std.append(s.std(0))
-    if weights.w_cd > 0 and weights.cd_rank > 0:
-        stat.cd_dirs, stat.cd_std = spread_directions(emb, weights.cd_rank)
     return stat
 
 
@@ -325,6 +323,8 @@ def real_statistics(
     network gave them (bf16 under autocast); each statistic is computed in float32.
     """
     stats: list[_RealStats] = []
+    spread_embs: list[torch.Tensor] = []  # per class, for L_CD's directions (solved at the end)
+    spread = weights.w_cd > 0 and weights.cd_rank > 0
     c, n_classes = 0, len(batches)
     conv = _input_conv(net, weights)
     with torch.no_grad():
@@ -354,10 +354,19 @@ def real_statistics(
                 layers = [layer[i] for layer in per_layer]
                 first = None
                 if conv is not None:
-                    first = conv_mean_gram(inputs[i], conv.weight, conv.bias, conv.padding)
+                    first = conv_mean_gram(
+                        inputs[i], conv.weight, conv.bias, conv.padding, gram_dtype
+                    )
                 known = [None if m is None else m[i] for m in split_moments]
                 stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first, known))
+                if spread:
+                    spread_embs.append(embs[i])
             c += len(group)
+        if spread:  # the classes' eigenproblems side by side (the same values as one by one)
+            for stat, (dirs, std) in zip(
+                stats, spread_directions_many(spread_embs, weights.cd_rank), strict=True
+            ):
+                stat.cd_dirs, stat.cd_std = dirs, std
     return stats
 
 

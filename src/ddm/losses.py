@@ -24,6 +24,7 @@ The public losses are thin compositions of the same pieces, so the two paths can
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "persample_moments",
     "persample_moments_from_stats",
     "spread_directions",
+    "spread_directions_many",
     "spread_from_stats",
     "style_spread_from_stats",
 ]
@@ -113,7 +115,11 @@ def _samples_per_product(n: int, pixels: int, maps: torch.Tensor) -> int:
 
 
 def conv_mean_gram(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int | tuple
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: int | tuple,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``mean_gram(F.conv2d(x, weight, bias, padding=padding))`` without computing the maps.
 
@@ -125,25 +131,51 @@ def conv_mean_gram(
     faster than the bf16 Gram of the maps). Float32 patches, float64 for the small products;
     the result is float32. Stride 1, no dilation, zero padding. Differentiable in ``x`` (the
     synthetic images' side; the weights are taken as constants).
+
+    ``dtype`` (bf16/fp16, without autograd: the real batch under bf16 precision) makes the
+    patches that type, one image per product, the products' float32-accumulated outputs
+    summed in float32: error about 7e-5 of the largest entry (against 2e-3 for the bf16 Gram
+    of the maps), and 1.3-1.6x faster than the float32 patches (256 CIFAR images, 2 threads).
     """
     n, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
     oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    k, hw = weight[0].numel(), oh * ow
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if dtype in _LOW_PRECISION and not grad:
+        padded = F.pad(x.to(dtype), (pw, pw, ph, ph))  # N x C_in x H' x W'
+        cols = padded.new_empty(n, k + 1, hw)  # per image: its patches and a row of ones
+        view = cols[:, :k].view(n, padded.shape[1], kh * kw, oh, ow)
+        for idx in range(kh * kw):
+            i, j = divmod(idx, kw)
+            view[:, :, idx].copy_(padded[:, :, i : i + oh, j : j + ow])
+        cols[:, k] = 1.0
+        products = torch.bmm(cols, cols.transpose(1, 2))  # N x (k + 1) x (k + 1)
+        return _gram_from_patch_moments(
+            products.sum(0, dtype=torch.float32).double() / n, weight, bias, hw
+        )
     padded = F.pad(x.float().transpose(0, 1), (pw, pw, ph, ph))  # C_in x N x H' x W'
     # (k + 1) x N*HW: the patches, rows in the weight's (C_in, kh, kw) order (shifted slices
     # copy faster than unfold), and a row of ones, so that one product gives S2 and s1 (a
     # separate sum over the patches cost a fifth of the time)
-    k, hw = weight[0].numel(), oh * ow
     slices = [padded[:, :, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)]
-    if torch.is_grad_enabled() and x.requires_grad:
+    if grad:
         cols = torch.stack(slices, dim=1).reshape(k, n * hw)
         cols = torch.cat([cols, cols.new_ones(1, n * hw)])
     else:  # written in place, no second copy
         cols = padded.new_empty(k + 1, n * hw)
         torch.stack(slices, dim=1, out=cols[:k].view(padded.shape[0], kh * kw, n, oh, ow))
         cols[k] = 1.0
-    moments = (cols @ cols.T).double() / n  # (k + 1) x (k + 1)
+    return _gram_from_patch_moments((cols @ cols.T).double() / n, weight, bias, hw)
+
+
+def _gram_from_patch_moments(
+    moments: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, hw: int
+) -> torch.Tensor:
+    """The mean Gram matrix of f = W u + b from the patches' per-image moments
+    [[S2, s1], [s1^T, HW]] ((k + 1) x (k + 1), float64), as float32."""
+    c_out, k = weight.shape[0], weight[0].numel()
     s2, s1 = moments[:k, :k], moments[:k, k]
     wt = weight.detach().reshape(c_out, -1).double()  # C x k
     gram = wt @ s2 @ wt.T
@@ -458,6 +490,25 @@ def spread_directions(real_emb: torch.Tensor, rank: int) -> tuple[torch.Tensor, 
     dirs = dirs.to(real_emb.dtype)
     a = (centred @ dirs).std(0, correction=1)
     return dirs, a
+
+
+def spread_directions_many(
+    real_embs: Sequence[torch.Tensor], rank: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``[spread_directions(e, rank) for e in real_embs]``, the same values bitwise; on a CPU
+    with several threads, the classes are solved side by side, one thread each (each solve
+    runs on one thread either way; 10 CIFAR classes of 256 real embeddings, 2 threads:
+    about half the time)."""
+    threads = torch.get_num_threads()
+    cpu = all(e.device.type == "cpu" for e in real_embs)
+    if not cpu or threads == 1 or len(real_embs) < 2:
+        return [spread_directions(e, rank) for e in real_embs]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, len(real_embs))) as pool:
+            return list(pool.map(lambda e: spread_directions(e, rank), real_embs))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def spread_from_stats(dirs: torch.Tensor, real_std: torch.Tensor, syn_emb: torch.Tensor):
