@@ -20,7 +20,7 @@ import time
 import torch
 
 from ddm.models import ConvNet
-from ddm.runtime import bf16_fast, tune_allocator
+from ddm.runtime import auto_precision_verdict, tune_allocator
 
 # (channels, side, ConvNet depth): digits, a 16 x 16 set, MNIST, CIFAR, Tiny-ImageNet
 SHAPES = ((1, 8, 2), (3, 16, 3), (1, 28, 3), (3, 32, 3), (3, 64, 4))
@@ -67,8 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tune_allocator()
-    units = "has" if bf16_fast(torch.device("cpu")) else "lacks"
-    print(f"this CPU {units} bf16 units; {args.threads} thread(s); bf16 time / float32 time\n")
+    print(f"{auto_precision_verdict()}; {args.threads} thread(s); bf16 time / float32 time\n")
     print("| images | ConvNet depth | condensation step | training step |")
     print("|---|---|---|---|")
     for channels, side, depth in SHAPES:

@@ -230,15 +230,13 @@ def paired(args) -> None:
 
 
 def _print_peaks(threads: int) -> dict[str, float]:
-    from ddm.runtime import bf16_fast
+    from ddm.runtime import auto_precision_verdict
 
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-    units = "has" if bf16_fast(torch.device("cpu")) else "lacks"
     print(
         f"matmul peak, {threads} threads, torch {torch.__version__}: "
-        f"float32 {peak['fp32']:.0f} GFLOPS, bf16 {peak['bf16']:.0f} GFLOPS "
-        f"(this CPU {units} bf16 units; precision auto -> "
-        f"{'bf16' if units == 'has' else 'fp32'})"
+        f"float32 {peak['fp32']:.0f} GFLOPS, bf16 {peak['bf16']:.0f} GFLOPS\n"
+        f"({auto_precision_verdict()})"
     )
     return peak
 

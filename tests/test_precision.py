@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ CPU = torch.device("cpu")
 
 def test_auto_follows_the_capability_query(monkeypatch):
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)  # and the probe agrees
     assert bf16_fast(CPU) and resolve_precision("auto", CPU) == "bf16"
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
     assert not bf16_fast(CPU) and resolve_precision("auto", CPU) == "fp32"
@@ -25,6 +28,7 @@ def test_auto_follows_the_capability_query(monkeypatch):
 def test_auto_keeps_images_below_the_measured_sizes_in_float32(monkeypatch):
     # measured: bf16 is faster from 8 x 8 (the smallest size measured) up
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)  # and the probe agrees
     assert runtime.BF16_MIN_IMAGE_SIZE == 8
     assert resolve_precision("auto", CPU, image_size=4) == "fp32"
     assert resolve_precision("auto", CPU, image_size=7) == "fp32"
@@ -33,6 +37,54 @@ def test_auto_keeps_images_below_the_measured_sizes_in_float32(monkeypatch):
     assert resolve_precision("bf16", CPU, image_size=4) == "bf16"  # asked for explicitly
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
     assert resolve_precision("auto", CPU, image_size=64) == "fp32"
+
+
+def test_auto_takes_bf16_only_where_the_probe_measured_it_faster(monkeypatch):
+    # a KVM guest showing avx512_bf16 without AMX measured bf16 1.4-1.75x slower than float32:
+    # the units' flags say yes, the probe says no, and auto keeps float32
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    for speedup, expected in ((0.57, "fp32"), (1.2, "fp32"), (1.25, "bf16"), (1.9, "bf16")):
+        monkeypatch.setattr(runtime, "_cpu_bf16_speedup", lambda threads, s=speedup: s)
+        assert resolve_precision("auto", CPU, image_size=32) == expected, speedup
+    assert resolve_precision("bf16", CPU, image_size=32) == "bf16"  # asked for: kept
+
+    def no_probe(threads):
+        raise AssertionError("the probe runs only where the units exist")
+
+    monkeypatch.setattr(runtime, "_cpu_bf16_speedup", no_probe)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
+    assert resolve_precision("auto", CPU, image_size=32) == "fp32"
+
+
+def test_the_probe_measures_once_per_thread_count():
+    runtime._cpu_bf16_speedup.cache_clear()
+    threads = torch.get_num_threads()
+    first = runtime._cpu_bf16_speedup(threads)
+    assert math.isfinite(first) and first > 0
+    assert runtime._cpu_bf16_speedup(threads) == first  # cached, not measured again
+    info = runtime._cpu_bf16_speedup.cache_info()
+    assert (info.hits, info.misses) == (1, 1)
+    assert runtime._cpu_bf16_faster() == (first >= runtime.BF16_MIN_SPEEDUP)
+
+
+def test_resume_under_auto_keeps_the_precision_the_run_chose(tmp_path, monkeypatch):
+    # the probe may answer otherwise later (another machine, a busy one): auto then resumes
+    # in the run's own precision instead of refusing the resume as a change of settings
+    from ddm.condense import condense
+    from ddm.io import read_json
+
+    cfg = CondenseConfig(
+        dataset="digits", ipc=1, iterations=2, batch_real=8, precision="auto", checkpoint_every=1
+    )
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)
+    condense(cfg, tmp_path / "run", progress=False, stop_after=1)
+    assert read_json(tmp_path / "run" / "config.json")["precision"] == "bf16"
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: False)
+    assert resolve_precision("auto", CPU, 8) == "fp32"
+    syn = condense(cfg, tmp_path / "run", resume=True, progress=False)
+    assert syn.meta["iterations"] == 2 and syn.meta["precision"] == "bf16"
+    assert read_json(tmp_path / "run" / "config.json")["precision"] == "bf16"
 
 
 def test_defaults_auto_for_condensation_and_the_protocol():
@@ -46,6 +98,7 @@ def test_default_condensation_resolves_by_hardware_and_image_size(tmp_path, monk
     from ddm.io import read_json
 
     monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)  # and the probe agrees
     cfg = CondenseConfig(dataset="digits", ipc=1, iterations=1, batch_real=8)  # 8 x 8 images
     condense(cfg, tmp_path / "digits", progress=False)
     assert read_json(tmp_path / "digits" / "config.json")["precision"] == "bf16"
@@ -85,6 +138,7 @@ def _cpu(monkeypatch, *, onednn, avx512_bf16=False, amx=False, machine="x86_64",
         monkeypatch.delenv(name, raising=False)
     if cap is not None:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)  # the units are the question
     return resolve_precision("auto", CPU, image_size=32)
 
 
@@ -227,6 +281,7 @@ def test_bf16_evaluation_trains_and_records_precision(tmp_path, monkeypatch):
     assert 0.0 <= result.mean <= 100.0
     assert result.to_dict(cfg)["protocol"]["precision"] == "bf16"
     auto = EvalConfig(epochs=1, runs=1, precision="auto")
+    monkeypatch.setattr(runtime, "_cpu_bf16_faster", lambda: True)
     for units, expected in ((True, "bf16"), (False, "fp32")):  # auto follows the hardware
         monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda units=units: units)
         result = evaluate_set((images, labels), dataset, auto, progress=False)
@@ -271,3 +326,28 @@ def test_real_statistics_fast_paths_match_the_maps(tap):
                 got = fp32[c].map_means[layer].double()
                 torch.testing.assert_close(got, mean, rtol=1e-4, atol=1e-5)
                 assert bf16[c].map_means[layer].dtype == torch.float32
+
+
+def test_every_process_takes_the_first_ones_precision(tmp_path, monkeypatch):
+    # auto's probe is timed in each process: under torchrun the first process's answer is
+    # everyone's, for condensation and for the evaluation's training (here the "first
+    # process" says bf16 while this one measured float32)
+    from ddm import distributed as dist
+    from ddm.condense import condense
+    from ddm.data import load_dataset
+    from ddm.evaluate import evaluate_set
+    from ddm.io import read_json
+
+    monkeypatch.setattr(runtime, "_cpu_has_bf16_units", lambda: False)
+
+    def gather(obj):  # a second process with another answer; other objects as one process
+        return ["bf16", obj] if isinstance(obj, str) else [obj]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    cfg = CondenseConfig(dataset="digits", ipc=1, iterations=1, batch_real=8, precision="auto")
+    syn = condense(cfg, tmp_path / "run", progress=False)
+    assert read_json(tmp_path / "run" / "config.json")["precision"] == "bf16"
+    result = evaluate_set(
+        syn, load_dataset("digits"), EvalConfig(epochs=1, runs=1, precision="auto"), progress=False
+    )
+    assert result.precision == "bf16"

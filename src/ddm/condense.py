@@ -446,8 +446,10 @@ class _Run:
         self.dataset, self.out = dataset, out
         self.device = dist.resolve_device(cfg.device)
         dist.init(self.device)
-        # the resolved precision (fp32 | bf16) is the run's setting from here on
+        # the resolved precision (fp32 | bf16) is the run's setting from here on; under
+        # torchrun every process takes the first one's (auto's probe is timed per process)
         precision = resolve_precision(cfg.precision, self.device, dataset.image_size)
+        precision = dist.all_gather_object(precision)[0]
         self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
         if dist.world_size() > dataset.num_classes:
             raise ValueError(
@@ -765,14 +767,24 @@ def condense(
     dataset = dataset.holdout(cfg.holdout)  # the held-out images are never drawn
     if out_path is not None:
         dist.on_main(prepare_run_folder, out_path, resume=resume, overwrite=overwrite)
-    run = _Run(cfg, dataset, out_path)
+    header: dict[str, str] = {}
     if resume and out_path is not None:
+        # first the tensors: a missing or corrupt checkpoint gets load_tensors' clear error
         tensors = load_tensors(out_path / CHECKPOINT_FILE)
         from safetensors import safe_open
 
         with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
             header = f.metadata() or {}
-        _check_resumable(json.loads(header.get("config", "{}")), run.cfg)
+        saved = json.loads(header.get("config", "{}"))
+        if cfg.precision == "auto":
+            # auto resumes in the precision the run chose (runs from before --precision: their
+            # bf16 switch): the hardware probe may answer otherwise on another machine or a
+            # busy one, and that would refuse the resume
+            chosen = saved.get("precision", "bf16" if saved.get("bf16") else "fp32")
+            cfg = dataclasses.replace(cfg, precision=chosen)
+    run = _Run(cfg, dataset, out_path)
+    if resume and out_path is not None:
+        _check_resumable(saved, run.cfg)
         run.load_state(tensors, int(header.get("iteration", 0)), header)
     if out_path is not None:
         settings = {**run.cfg.to_dict(), "version": __version__}

@@ -20,6 +20,7 @@ condensation writes a new one) are never taken for the current set's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -189,6 +190,9 @@ def evaluate_set(
     else:
         images, labels = syn
     _check_holdout(syn, cfg)
+    if cfg.precision == "auto":  # under torchrun every process trains in the first one's choice
+        chosen = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
+        cfg = dataclasses.replace(cfg, precision=dist.all_gather_object(chosen)[0])
     test_x, test_y = dataset.holdout(cfg.holdout).test_tensors()
     from tqdm.auto import tqdm
 

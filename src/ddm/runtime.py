@@ -8,11 +8,15 @@ adding a draw to one never shifts another; the global RNG is only used, inside
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import platform
+import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import PRECISIONS
 
@@ -24,6 +28,7 @@ __all__ = [
     "Stream",
     "PRECISIONS",
     "bf16_fast",
+    "auto_precision_verdict",
     "resolve_precision",
     "autocast",
 ]
@@ -131,10 +136,66 @@ def _cpu_has_bf16_units() -> bool:
     return bool(onednn)
 
 
+# How much faster than float32 bf16 must run the probe (``_cpu_bf16_speedup``) for ``auto`` to
+# pick it. Measured (ConvNet, CIFAR, 2 threads): the machine of sessions 10-12 (bf16 matmul
+# 2.4-4x float32) ran whole condensation and training steps 1.6-1.9x faster in bf16; a KVM guest
+# of an Emerald Rapids CPU that shows avx512_bf16 but no AMX ran the probe 1.6-1.8x *slower*
+# (speed-up 0.56-0.61), a DM step 1.12x and a training epoch 1.14x slower (README, Precision
+# by capability). The margin keeps float32 where the two are about level, which also keeps
+# the choice stable from one process to the next.
+BF16_MIN_SPEEDUP = 1.25
+
+
+@functools.cache
+def _cpu_bf16_speedup(threads: int) -> float:
+    """float32 time / bf16 autocast time of a ConvNet block's convolution on this CPU (16 x
+    128 x 16 x 16 maps, 128 3x3 filters: the layer that dominates a CIFAR ConvNet), with
+    ``threads`` threads; the best of 5 interleaved runs each after a warm-up, about 0.1-0.3 s
+    once per process and thread count. CPU flags alone cannot say this: a virtual machine may
+    show avx512_bf16 and hide AMX, and there bf16 runs slower than float32."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 128, 16, 16, generator=gen)
+    w = torch.randn(128, 128, 3, 3, generator=gen) / 34.0
+
+    def run(precision: str) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            F.conv2d(x, w, padding=1)
+        return time.perf_counter() - start
+
+    best = {"fp32": math.inf, "bf16": math.inf}
+    with torch.no_grad():
+        run("fp32"), run("bf16")  # oneDNN builds its kernels on the first call
+        for _ in range(5):
+            for precision in best:
+                best[precision] = min(best[precision], run(precision))
+    return best["fp32"] / max(best["bf16"], 1e-9)
+
+
+def _cpu_bf16_faster() -> bool:
+    """Whether bf16 measured at least ``BF16_MIN_SPEEDUP`` times faster than float32 here,
+    with torch's current thread count (``_cpu_bf16_speedup``)."""
+    return _cpu_bf16_speedup(torch.get_num_threads()) >= BF16_MIN_SPEEDUP
+
+
+def auto_precision_verdict() -> str:
+    """What ``auto`` sees on this CPU, in words: the bf16 units, the probe's speed-up, the
+    choice (benchmarks print it beside their timings)."""
+    if not _cpu_has_bf16_units():
+        return "this CPU lacks bf16 units; precision auto -> fp32"
+    speedup = _cpu_bf16_speedup(torch.get_num_threads())
+    choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    return (
+        f"this CPU has bf16 units, the probe ran bf16 {speedup:.2f}x as fast as float32 "
+        f"(auto needs {BF16_MIN_SPEEDUP}x); precision auto -> {choice}"
+    )
+
+
 def bf16_fast(device: torch.device) -> bool:
     """Whether bf16 autocast is fast on ``device``: a CUDA GPU with bf16 tensor cores (compute
     capability 8.0 on, Ampere; ROCm GPUs), or a CPU with bf16 dot-product units that oneDNN
-    uses (``_cpu_has_bf16_units``). Elsewhere bf16 is emulated, several times slower.
+    uses (``_cpu_has_bf16_units``) *and* on which a short probe measured bf16 faster than
+    float32 (``_cpu_bf16_faster``). Elsewhere bf16 is emulated, several times slower.
 
     ``torch.cuda.is_bf16_supported()`` is not the test: by default it also says yes on V100
     and T4, where bf16 runs emulated (its ``including_emulation``).
@@ -147,7 +208,7 @@ def bf16_fast(device: torch.device) -> bool:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return torch.cuda.get_device_properties(index).major >= 8
     if device.type == "cpu":
-        return _cpu_has_bf16_units()
+        return _cpu_has_bf16_units() and _cpu_bf16_faster()
     return False
 
 
