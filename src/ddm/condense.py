@@ -676,9 +676,14 @@ def _auto_chunk(device: torch.device) -> int:
     return 0 if device.type == "cuda" else 512
 
 
+def _saved_precision(saved: dict[str, Any]) -> str:
+    """A saved run's precision (runs from before --precision saved a bf16 switch instead)."""
+    return saved.get("precision", "bf16" if saved.get("bf16") else "fp32")
+
+
 def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
-    # runs from before --precision saved a bf16 switch instead; from before --holdout, none
-    saved = {"precision": "bf16" if saved.get("bf16") else "fp32", "holdout": 0, **saved}
+    # runs from before --holdout saved none
+    saved = {"holdout": 0, **saved, "precision": _saved_precision(saved)}
     now = cfg.to_dict()
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now[k]!r}"
@@ -777,11 +782,9 @@ def condense(
             header = f.metadata() or {}
         saved = json.loads(header.get("config", "{}"))
         if cfg.precision == "auto":
-            # auto resumes in the precision the run chose (runs from before --precision: their
-            # bf16 switch): the hardware probe may answer otherwise on another machine or a
-            # busy one, and that would refuse the resume
-            chosen = saved.get("precision", "bf16" if saved.get("bf16") else "fp32")
-            cfg = dataclasses.replace(cfg, precision=chosen)
+            # auto resumes in the precision the run chose: the hardware probe may answer
+            # otherwise on another machine or a busy one, and that would refuse the resume
+            cfg = dataclasses.replace(cfg, precision=_saved_precision(saved))
     run = _Run(cfg, dataset, out_path)
     if resume and out_path is not None:
         _check_resumable(saved, run.cfg)

@@ -183,8 +183,8 @@ def auto_precision_verdict() -> str:
     choice (benchmarks print it beside their timings)."""
     if not _cpu_has_bf16_units():
         return "this CPU lacks bf16 units; precision auto -> fp32"
-    speedup = _cpu_bf16_speedup(torch.get_num_threads())
-    choice = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    speedup = _cpu_bf16_speedup(torch.get_num_threads())  # cached: the same as auto's
+    choice = "bf16" if _cpu_bf16_faster() else "fp32"
     return (
         f"this CPU has bf16 units, the probe ran bf16 {speedup:.2f}x as fast as float32 "
         f"(auto needs {BF16_MIN_SPEEDUP}x); precision auto -> {choice}"
