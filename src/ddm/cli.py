@@ -122,9 +122,10 @@ def _add_condense_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
 
 
-def _condense_config(args: argparse.Namespace):
-    """Dataclass defaults < preset < explicitly given flags."""
-    from .config import CondenseConfig, config_from_dict, load_preset
+def _condense_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a user stated: a preset's, then a config file's and the flags given (the
+    flags' defaults are SUPPRESS, so only those typed or read from --config are here)."""
+    from .config import CondenseConfig, load_preset
 
     values: dict[str, Any] = {}
     if args.preset:
@@ -133,7 +134,19 @@ def _condense_config(args: argparse.Namespace):
     values.update({k: v for k, v in vars(args).items() if k in names})
     if getattr(args, "bf16", False) and "precision" not in vars(args):  # deprecated alias
         values["precision"] = "bf16"
-    return config_from_dict(CondenseConfig, values)
+    return values
+
+
+def _condense_config(args: argparse.Namespace):
+    """Dataclass defaults < preset < explicitly given flags; with --resume, the run's saved
+    settings < what was stated (which ``condense`` then checks against the run's)."""
+    from .config import CondenseConfig, config_from_dict
+
+    if getattr(args, "resume", False):
+        from .condense import resume_config
+
+        return resume_config(args.out, _condense_values(args))
+    return config_from_dict(CondenseConfig, _condense_values(args))
 
 
 def _eval_config(args: argparse.Namespace):
@@ -187,7 +200,7 @@ def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def _summary(folder: Path) -> str:
-    from .io import load_synthetic, read_json
+    from .io import load_synthetic, read_json, unfinished_note
 
     syn = load_synthetic(folder)
     m = syn.meta
@@ -197,6 +210,14 @@ def _summary(folder: Path) -> str:
         f"{m.get('iterations')} iterations, seed {m.get('seed')}"
         + (f", {m['holdout']} train images per class held out" if m.get("holdout") else ""),
     ]
+    note = unfinished_note(folder, m)
+    if note:
+        lines.append(note)
+    for c in m.get("changes", []):
+        lines.append(
+            f"  changed at iteration {c.get('iteration')}: {c.get('setting')} "
+            f"{c.get('from')} -> {c.get('to')}"
+        )
     metrics = folder / "metrics.json"
     if metrics.exists():
         from .evaluate import set_fingerprint
@@ -230,7 +251,14 @@ def cmd_condense(args: argparse.Namespace) -> int:
     from .condense import condense
 
     cfg = _condense_config(args)
-    condense(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    condense(
+        cfg,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        allow_changes=[n for item in args.allow_change for n in item.split(",") if n],
+    )
     dist.echo(_summary(Path(args.out)))
     return 0
 
@@ -246,15 +274,17 @@ def _write_set(out: Path, syn, settings: dict[str, Any]) -> None:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     from .baselines import BASELINES
-    from .condense import prepare_run_folder
+    from .condense import check_run_folder, open_run_folder
     from .data import load_dataset
 
     if args.method not in BASELINES:
         raise ValueError(f"unknown baseline {args.method!r}; known: {', '.join(BASELINES)}")
     if args.ipc <= 0:
         raise ValueError(f"--ipc must be positive, got {args.ipc}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     out = Path(args.out)
-    prepare_run_folder(out, resume=False, overwrite=args.overwrite)
+    check_run_folder(out, resume=False, overwrite=args.overwrite)  # created once the set is made
     dataset = load_dataset(args.dataset, args.data_root, args.image_size).holdout(args.holdout)
     kwargs: dict[str, Any] = {"seed": args.seed}
     if args.method == "herding":
@@ -272,7 +302,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     }
     if args.method == "herding":
         settings.update(herding_epochs=args.herding_epochs, device=args.device)
-    _write_set(out, syn, settings)
+    folder = open_run_folder(out, resume=False, overwrite=args.overwrite)
+    try:
+        _write_set(out, syn, settings)
+    except BaseException:
+        folder.close(failed=True)
+        raise
+    folder.close()
     print(_summary(out))
     return 0
 
@@ -336,6 +372,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             where = ""
         if result.reused:
             where += f"  ({result.reused} of {cfg.runs} models from earlier in metrics.json)"
+        if path not in imported:
+            from .io import load_synthetic, unfinished_note
+
+            note = unfinished_note(path, load_synthetic(path).meta)
+            if note:
+                dist.echo(note)
         dist.echo(
             f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}: "
             f"{result} %  "
@@ -407,6 +449,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--out is the run folder itself; name another folder for the export")
     syn = load_synthetic(args.run)
     n = export_set(syn, args.out, args.format, expand=not args.no_expand, overwrite=args.overwrite)
+    from .io import unfinished_note
+
+    note = unfinished_note(args.run, syn.meta)
+    if note:
+        print(note)
     how = (
         f", {len(syn.labels)} stored images expanded x{syn.expansion_factor**2}"
         if syn.expansion_factor > 1 and not args.no_expand
@@ -516,6 +563,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    from .config import ADJUSTABLE_ON_RESUME
+
+    p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="SETTING[,SETTING]",
+        help="with --resume: let these settings differ from the run's from its checkpoint on "
+        f"(one of {', '.join(ADJUSTABLE_ON_RESUME)}; e.g. a lower --lr-img after a NaN); "
+        "each change is recorded in meta.json",
+    )
     p.set_defaults(func=cmd_condense)
 
     p = sub.add_parser("evaluate", help="train fresh networks on condensed sets, test them")
@@ -677,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
 # outputs go is given on the command line; continual's saved config.json keeps its settings
 # in a "continual" section, with --set's settings under "condense".
 _CONFIG_COMMANDS: dict[str, dict[str, Any]] = {
-    "condense": {"exclude": ("out", "resume", "overwrite")},
+    "condense": {"exclude": ("out", "resume", "overwrite", "allow_change")},
     "evaluate": {"exclude": ("out",)},
     "baseline": {"exclude": ("out", "overwrite")},
     "continual": {
@@ -708,7 +766,13 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     command_parser = next(
         a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
     ).choices[args.command]
-    apply_config_file(command_parser, args.config, command=args.command, **rules)
+    values = apply_config_file(command_parser, args.config, command=args.command, **rules)
+    if args.command == "condense":
+        from .config import check_stated_method_settings
+
+        names = {f.name for f in dataclasses.fields(rules["fields"])}
+        typed = {k: v for k, v in vars(args).items() if k in names}  # flags beat the file
+        check_stated_method_settings({**values, **typed}, str(args.config))
     return parser.parse_args(argv)
 
 

@@ -31,9 +31,10 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +47,13 @@ from . import __version__
 from . import distributed as dist
 from .augment import DSAParams, apply, sample_params
 from .bases import init_partitioned, make_base
-from .config import CondenseConfig
+from .config import ADJUSTABLE_ON_RESUME, CondenseConfig, config_from_dict
 from .data import Dataset, load_dataset
 from .io import (
     META_FILE,
     SYNTHETIC_FILE,
     RunFolderError,
+    RunLock,
     SyntheticSet,
     atomic_write_bytes,
     atomic_write_json,
@@ -83,8 +85,12 @@ from .runtime import Stream, autocast, generator, resolve_precision, tune_alloca
 __all__ = [
     "NonFiniteLossError",
     "condense",
+    "resume_config",
+    "check_run_folder",
+    "open_run_folder",
     "prepare_run_folder",
     "TERMS",
+    "ADJUSTABLE_ON_RESUME",
 ]
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -124,10 +130,25 @@ class NonFiniteLossError(RuntimeError):
 # --- run folder -----------------------------------------------------------------------------------
 
 
-def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create/validate the output folder: refuse to clobber a run unless asked to."""
+def _run_files(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool, locked: bool = False) -> None:
+    """Refuse, before anything is written, an output folder this run must not write into.
+
+    A folder holding a run (meta.json or a checkpoint) or any other file a run writes
+    (config.json, log.csv, grid.png, ...) is replaced only with ``overwrite``, and continued
+    only with ``resume`` where it holds a checkpoint; a folder another live process writes
+    (its lock file) is refused either way (``locked``: this process holds it). Creates
+    nothing.
+    """
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other; choose one")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file; name a folder")
+    if out.is_dir() and not locked:
+        RunLock(out).refuse_if_held()
     has_run = out.exists() and any((out / f).exists() for f in (META_FILE, CHECKPOINT_FILE))
     if resume and not (out / CHECKPOINT_FILE).exists():
         raise RunFolderError(f"--resume: no checkpoint in {out}; start a new run without --resume")
@@ -135,16 +156,83 @@ def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise RunFolderError(
             f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
+    found = _run_files(out) if out.is_dir() else []
+    if found and not resume and not overwrite:
+        raise RunFolderError(
+            f"{out} holds {', '.join(found)} (no complete run); pass --overwrite to replace "
+            "them, or name another folder"
+        )
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot write to output folder {out}: {existing} is not writable")
+
+
+@dataclasses.dataclass
+class OpenedRunFolder:
+    """A run folder this process writes: its lock, and what this call created.
+
+    ``close(failed=True)`` before ``keep()`` removes what the call created (the run's files,
+    then the folders it made, if empty): a failure before the first checkpoint leaves no
+    empty or half-written run folder behind.
+    """
+
+    path: Path
+    lock: RunLock
+    created: list[Path]  # folders made by this call, outermost first
+    kept: bool = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+    def close(self, failed: bool = False) -> None:
+        if self.lock._pid != os.getpid():
+            return  # another rank's copy (torchrun): rank 0 closes
+        if failed and not self.kept:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        self.lock.release()
+        if failed and not self.kept:
+            for folder in reversed(self.created):
+                try:
+                    folder.rmdir()  # only if empty: nothing of anyone else's goes
+                except OSError:
+                    break
+
+
+def open_run_folder(out: Path, *, resume: bool, overwrite: bool) -> OpenedRunFolder:
+    """Create ``out`` (as far as missing), take its lock, check it again under the lock
+    (``check_run_folder``) and clear an old run's files with ``overwrite``."""
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    created = [p for p in (*reversed(out.parents), out) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise RunFolderError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+    opened = OpenedRunFolder(out, RunLock(out), created, kept=resume)
+    try:
+        opened.lock.acquire()
+        check_run_folder(out, resume=resume, overwrite=overwrite, locked=True)  # as it is now
+    except BaseException:
+        opened.close(failed=True)
+        raise
     if overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+    return opened
+
+
+def prepare_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create/validate the output folder: refuse to clobber a run unless asked to (no lock
+    is kept; ``open_run_folder`` holds one while writing)."""
+    open_run_folder(out, resume=resume, overwrite=overwrite).close()
 
 
 # --- initialisation -----------------------------------------------------------------------------
@@ -486,6 +574,7 @@ class _Run:
         self.images = images[rows].to(self.device).requires_grad_(True)  # this shard's rows
         self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.iteration = 0
+        self.changes: list[dict[str, Any]] = []  # settings changed on resume (meta.json)
         probe = self.base.network(0) if cfg.base == "dm" else self.base.nets[0]
         self.batchnorm = uses_batchnorm(probe)
         if self.batchnorm and dist.world_size() > 1:
@@ -638,6 +727,8 @@ class _Run:
         }
         if d.held_out:
             meta["holdout"] = d.held_out
+        if self.changes:
+            meta["changes"] = self.changes
         images = self._gather(self.images.detach())
         return SyntheticSet(images.cpu().clone(), self.labels.clone(), meta)
 
@@ -655,6 +746,7 @@ class _Run:
         meta = {
             "iteration": str(self.iteration),
             "config": json.dumps(self.cfg.to_dict()),
+            **({"changes": json.dumps(self.changes)} if self.changes else {}),
             **self.base.state_meta(),
         }
         save_tensors(self.out / CHECKPOINT_FILE, tensors, meta)
@@ -681,21 +773,79 @@ def _saved_precision(saved: dict[str, Any]) -> str:
     return saved.get("precision", "bf16" if saved.get("bf16") else "fp32")
 
 
-def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
-    # runs from before --holdout saved none
-    saved = {"holdout": 0, **saved, "precision": _saved_precision(saved)}
+def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings as today's fields: keys of older versions dropped, fields they
+    lacked at their defaults (as those versions ran), the method's defaults filled in."""
+    known = {f.name for f in dataclasses.fields(CondenseConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    values["precision"] = _saved_precision(saved)
+    try:
+        return CondenseConfig(**values).resolved().to_dict()
+    except (TypeError, ValueError):
+        return {**CondenseConfig().to_dict(), **values}
+
+
+def read_saved_settings(out: str | os.PathLike) -> dict[str, Any]:
+    """The settings a run folder's checkpoint was written with (its header's ``config``)."""
+    path = Path(out) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunFolderError(f"--resume: no checkpoint in {out}; start a new run without --resume")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header.get("config", "{}"))
+    except Exception as exc:  # a corrupt header: one line, whatever the reader raised
+        raise RunFolderError(f"{path} is not a readable checkpoint ({exc})") from None
+
+
+def resume_config(out: str | os.PathLike, given: Mapping[str, Any] | None = None) -> CondenseConfig:
+    """The settings to continue the run in ``out`` with: its checkpoint's, with ``given`` (the
+    settings a user stated) on top; ``condense(..., resume=True)`` then refuses any of those
+    that would change the result (see ``RESUMABLE_CHANGES`` and ``ADJUSTABLE_ON_RESUME``)."""
+    known = {f.name for f in dataclasses.fields(CondenseConfig)}
+    values = {k: v for k, v in _saved_config(read_saved_settings(out)).items() if k in known}
+    return config_from_dict(CondenseConfig, {**values, **(given or {})})
+
+
+def _check_resumable(
+    saved: dict[str, Any], cfg: CondenseConfig, allowed: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Refuse settings that differ from the run's and change the result, except those named
+    in ``allowed`` (of ``ADJUSTABLE_ON_RESUME``); returns those changes, one dict each."""
+    unknown = sorted(set(allowed) - set(ADJUSTABLE_ON_RESUME))
+    if unknown:
+        raise ValueError(
+            f"--allow-change {', '.join(unknown)}: only {', '.join(ADJUSTABLE_ON_RESUME)} "
+            "may change when a run is resumed (the others change what its checkpoint holds)"
+        )
+    old = _saved_config(saved)
     now = cfg.to_dict()
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
-        for k in now
-        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
-    ]
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and old.get(k) != now[k]]
+    diffs = [f"{k}: {old.get(k)!r} -> {now[k]!r}" for k in changed if k not in allowed]
     if diffs:
+        adjustable = [k for k in changed if k in ADJUSTABLE_ON_RESUME and k not in allowed]
+        hint = (
+            f"; to go on with {', '.join(adjustable)} changed from the checkpoint on, add "
+            f"--allow-change {','.join(adjustable)} (recorded in meta.json)"
+            if adjustable and len(adjustable) == len(diffs)
+            else ""
+        )
         raise RunFolderError(
             "--resume with settings that change the result: "
             + "; ".join(diffs)
-            + ". Use the original settings (see config.json) or start a new run."
+            + ". Leave those flags out (--resume takes the run's settings from its checkpoint) "
+            "or start a new run" + hint
         )
+    return [{"setting": k, "from": old.get(k), "to": now[k]} for k in changed]
+
+
+def _continue_command(out: Path, cfg: CondenseConfig) -> str:
+    """The command that continues a diverged run from its checkpoint at half the learning rate."""
+    lr = f"{cfg.lr_img / 2:g}"
+    where = shlex.quote(str(out))
+    return f"ddm condense --out {where} --resume --lr-img {lr} --allow-change lr_img"
 
 
 class _Log:
@@ -755,23 +905,30 @@ def condense(
     overwrite: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    allow_changes: Collection[str] = (),
 ) -> SyntheticSet:
     """Condense ``config.dataset`` into ``config.ipc`` images per class.
 
     With ``out``, writes the run folder (see ``ddm.io``), checkpoints every
-    ``checkpoint_every`` iterations and continues a previous run with ``resume``.
+    ``checkpoint_every`` iterations and continues a previous run with ``resume`` (its
+    settings: ``resume_config(out)``; ``allow_changes`` names settings of
+    ``ADJUSTABLE_ON_RESUME`` that may differ from the checkpoint's, recorded in meta.json).
     ``stop_after`` ends this call after that many iterations (the run stays resumable).
     Raises ``NonFiniteLossError`` (with the last good checkpoint kept) if the loss diverges.
+    Everything is checked before the folder is created; one process writes a folder at a time.
     """
     cfg = config.resolved()
+    allow_changes = {name.replace("-", "_") for name in allow_changes}
+    if allow_changes and not resume:
+        raise ValueError("--allow-change applies to a resumed run; add --resume")
     tune_allocator()
     out_path = Path(out) if out is not None else None
+    if out_path is not None:  # refuse early: before the data is read
+        dist.on_main(check_run_folder, out_path, resume=resume, overwrite=overwrite)
     dist.init(dist.resolve_device(cfg.device))  # a no-op unless torchrun started several
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     dataset = dataset.holdout(cfg.holdout)  # the held-out images are never drawn
-    if out_path is not None:
-        dist.on_main(prepare_run_folder, out_path, resume=resume, overwrite=overwrite)
     header: dict[str, str] = {}
     if resume and out_path is not None:
         # first the tensors: a missing or corrupt checkpoint gets load_tensors' clear error
@@ -785,15 +942,44 @@ def condense(
             # auto resumes in the precision the run chose: the hardware probe may answer
             # otherwise on another machine or a busy one, and that would refuse the resume
             cfg = dataclasses.replace(cfg, precision=_saved_precision(saved))
-    run = _Run(cfg, dataset, out_path)
+    run = _Run(cfg, dataset, out_path)  # checks model, depth, ipc, ... before any file
     if resume and out_path is not None:
-        _check_resumable(saved, run.cfg)
+        new = _check_resumable(saved, run.cfg, allow_changes)
         run.load_state(tensors, int(header.get("iteration", 0)), header)
+        run.changes = [
+            *json.loads(header.get("changes", "[]")),
+            *({"iteration": run.iteration, **c} for c in new),
+        ]
+    folder = None
+    if out_path is not None:
+        folder = dist.on_main(open_run_folder, out_path, resume=resume, overwrite=overwrite)
+    try:
+        synthetic = _condense_loop(run, cfg, out_path, folder, progress, stop_after)
+    except BaseException:
+        if folder is not None:
+            folder.close(failed=True)
+        raise
+    if folder is not None:
+        folder.close()
+    return synthetic
+
+
+def _condense_loop(
+    run: _Run,
+    cfg: CondenseConfig,
+    out_path: Path | None,
+    folder: OpenedRunFolder | None,
+    progress: bool,
+    stop_after: int | None,
+) -> SyntheticSet:
+    """The iterations of ``condense`` (its folder open), checkpoints and the final save."""
     if out_path is not None:
         settings = {**run.cfg.to_dict(), "version": __version__}
         dist.on_main(atomic_write_json, out_path / CONFIG_FILE, settings)
         if run.iteration == 0:
             run.save()  # iteration 0: the initial images are the first good checkpoint
+    if folder is not None:
+        folder.keep()  # a checkpoint exists from here on: the folder holds a run
     if cfg.w_icd > 0 and run.weights.icd_k <= 0:
         _notice("ipc = 1: the intra-class diversity term has no neighbours and contributes 0")
     if (cfg.w_cd > 0 or cfg.w_sd > 0) and run.per_class < 2:
@@ -809,14 +995,15 @@ def condense(
             try:
                 loss, terms = run.step()
             except NonFiniteLossError as exc:
-                where = (
-                    f"; the last good checkpoint (iteration {last_saved}) is in {out_path}"
-                    if out_path
-                    else ""
-                )
+                if out_path is None:
+                    raise NonFiniteLossError(
+                        f"{exc}. Lower lr_img or the term weights and run again"
+                    ) from None
                 raise NonFiniteLossError(
-                    f"{exc}{where}. Lower --lr-img or the term weights, then rerun "
-                    "(with --resume to continue from the checkpoint)."
+                    f"{exc}; the last good checkpoint (iteration {last_saved}) is in "
+                    f"{out_path}. Continue it with a lower image learning rate: "
+                    f"`{_continue_command(out_path, run.cfg)}` (term weights likewise, e.g. "
+                    "--w-mm W --allow-change w_mm), or start over with a lower --lr-img"
                 ) from None
             seconds = time.perf_counter() - t0
             done_here += 1

@@ -7,6 +7,7 @@ every run writes the resolved settings to ``config.json`` next to its outputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,10 @@ __all__ = [
     "FORMS",
     "DEFAULT_FORM",
     "PRECISIONS",
+    "ADJUSTABLE_ON_RESUME",
     "config_from_dict",
+    "check_finite",
+    "check_stated_method_settings",
     "available_presets",
     "load_preset",
 ]
@@ -37,6 +41,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # training are faster at every image size measured (8 x 8 to 64 x 64)
 DEFAULT_PRECISION = "auto"
 DEFAULT_EVAL_PRECISION = "auto"
+
+# Settings a resumed run may change from its checkpoint on when asked to by name
+# (``condense(..., allow_changes=...)``, ``--allow-change``): they change what the remaining
+# iterations compute, not the state a checkpoint holds, so a run that diverged can go on with
+# a lower learning rate or lower term weights. Each change is recorded in meta.json.
+ADJUSTABLE_ON_RESUME = ("lr_img", "momentum", "w_mm", "w_cm", "w_icd", "w_cd", "w_sd", "ce_weight")
 
 # DDM's two published forms (METHOD.md 4 and 4b): each a set of defaults for the settings a
 # user leaves as None. A form is settings, not a branch of the loop.
@@ -138,6 +148,7 @@ class CondenseConfig:
 
     def resolved(self) -> CondenseConfig:
         """Fill method/base defaults and validate; raises ValueError with what to do."""
+        check_finite(self)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
         base = self.base or ("idm" if self.method == "idm" else "dm")
@@ -145,6 +156,22 @@ class CondenseConfig:
             raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
         if self.method == "dm" and base != "dm":
             raise ValueError("method dm runs on the dm base; use --method idm or ddm --base idm")
+        if self.method == "idm" and base != "idm":
+            raise ValueError("method idm runs on the idm base; use --method dm or ddm --base dm")
+        if self.method != "ddm":
+            terms = [n for n in _TERM_WEIGHTS if (getattr(self, n) or 0) > 0]
+            if terms:
+                raise ValueError(
+                    f"method {self.method} has no DDM terms, but {', '.join(terms)} > 0 is "
+                    f"given; use --method ddm{' --base idm' if base == 'idm' else ''}, or "
+                    "leave the DDM weights out"
+                )
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"--seed must be an integer in [0, 2^63), got {self.seed}")
+        if self.momentum < 0:
+            raise ValueError(f"--momentum must be >= 0, got {self.momentum}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise ValueError(f"--image-size must be positive, got {self.image_size}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
         for name in ("ipc", "iterations", "batch_real"):
@@ -174,9 +201,15 @@ class CondenseConfig:
             if getattr(self, key) is None:
                 filled[key] = value
         out = dataclasses.replace(self, **filled)
-        for name in ("w_mm", "w_cm", "w_icd", "w_cd", "w_sd"):
+        for name in _TERM_WEIGHTS:
             if getattr(out, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if out.method == "ddm" and all(getattr(out, n) == 0 for n in _TERM_WEIGHTS):
+            raise ValueError(
+                "method ddm with every DDM term weight 0 (w_mm, w_cm, w_icd, w_cd, w_sd) is DM "
+                "under another name; use --method dm, or leave the weights out to take the "
+                "form's (a dm run's config.json states them as 0)"
+            )
         if out.style_tap not in TAPS:
             raise ValueError(f"unknown style tap {out.style_tap!r}; known: {', '.join(TAPS)}")
         if out.moments not in MOMENT_ESTIMATORS:
@@ -230,6 +263,7 @@ class EvalConfig:
     holdout: int = 0
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.epochs <= 0 or self.runs <= 0:
             raise ValueError("--epochs and --runs must be positive")
         if self.holdout < 0:
@@ -241,6 +275,75 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_finite(settings: Any) -> None:
+    """Raise ValueError for a NaN or infinite float setting of a settings dataclass (a NaN
+    weight would silently switch its term off, and NaN compares false with every bound)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+
+# The settings a method, form or base fills when left out (CondenseConfig.resolved).
+_TERM_WEIGHTS = ("w_mm", "w_cm", "w_icd", "w_cd", "w_sd")
+_FORM_SETTINGS = ("style_tap", "moments", "moments_relative", *_TERM_WEIGHTS)
+_BASE_SETTINGS = ("lr_img", "factor", "ce_weight")
+
+
+def _filled_by(method: str, form: str | None, base: str | None) -> dict[str, Any] | None:
+    """The values ``resolved`` fills for (method, form, base); None for an unknown name."""
+    if method not in METHODS or (base or ("idm" if method == "idm" else "dm")) not in BASES:
+        return None
+    base = base or ("idm" if method == "idm" else "dm")
+    if method == "ddm":
+        if (form or DEFAULT_FORM) not in FORMS:
+            return None
+        block = FORMS[form or DEFAULT_FORM]
+    else:
+        block = _METHOD_DEFAULTS[method]
+    return {**block, **_BASE_DEFAULTS[base]}
+
+
+def check_stated_method_settings(values: dict[str, Any], where: str) -> None:
+    """Refuse settings (a config file's) that name one method or form but state, key for key,
+    what another fills: a saved config.json whose ``method`` or ``form`` was edited.
+
+    A saved run states every setting its method and form filled in; changing only ``method:
+    dm`` to ``ddm`` (or ``form: paper`` to ``released``) would keep the old method's values
+    and run it under the new name. Settings that state only some of them are left alone
+    (what they leave out, the named method or form fills).
+    """
+    if "method" not in values and "form" not in values:
+        return
+    method, form, base = values.get("method", "dm"), values.get("form"), values.get("base")
+    named = _filled_by(method, form, base)
+    if named is None:
+        return  # an unknown name: resolved() says so
+    for keys in (_FORM_SETTINGS, _BASE_SETTINGS):
+        if not all(k in values for k in keys):
+            continue
+        stated = {k: values[k] for k in keys}
+        if stated == {k: named[k] for k in keys}:
+            continue
+        for other_method in METHODS:
+            for other_form in (*FORMS, None) if other_method == "ddm" else (None,):
+                for other_base in BASES:
+                    filled = _filled_by(other_method, other_form, other_base)
+                    if filled is None or stated != {k: filled[k] for k in keys}:
+                        continue
+                    if (other_method, other_form) == (method, form) and keys == _FORM_SETTINGS:
+                        continue
+                    label = other_method + (f" (form {other_form})" if other_form else "")
+                    if keys == _BASE_SETTINGS:
+                        label = f"the {other_base} base"
+                    now = method + (f" (form {form})" if form else "")
+                    raise ValueError(
+                        f"{where}: method {now}, but {', '.join(keys)} are exactly what "
+                        f"{label} fills in (as a saved run's config.json states them); remove "
+                        f"those keys to take {now}'s defaults, or give the method that matches"
+                    )
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:

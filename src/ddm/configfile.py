@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -76,14 +77,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"--config: cannot read {path} ({exc})") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--config {path}: not valid JSON ({exc})") from None
+        except _DuplicateKey as exc:
+            raise ValueError(f"--config {path}: {exc}") from None
     else:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
+        except _DuplicateKey as exc:
+            raise ValueError(f"--config {path}: {exc}") from None
         except yaml.YAMLError as exc:
             text = " ".join(str(exc).split())
             raise ValueError(f"--config {path}: not valid YAML ({text})") from None
@@ -95,6 +100,43 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             f"got {type(data).__name__}"
         )
     return data
+
+
+class _DuplicateKey(ValueError):
+    """A key stated twice in one mapping of a config file."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects whose keys are distinct (``json`` keeps the last of two silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"{key!r} is given twice; state each setting once")
+        out[key] = value
+    return out
+
+
+def _unique_key_loader() -> type:
+    """A YAML SafeLoader that refuses a key stated twice (PyYAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, str | int | float | bool):
+                    continue  # an unhashable key: the mapping's own check reports it
+                if key in seen:
+                    raise _DuplicateKey(
+                        f"{key!r} is given twice (lines {seen[key]} and {line}); state each "
+                        "setting once"
+                    )
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def config_settings(
@@ -228,10 +270,15 @@ def _scalar(where: str, value: Any, kind: type) -> Any:
         if number is not None and float(number).is_integer():
             return int(number)
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if _number(value) is not None:
-            return _number(value)
+            number = float(value)
+        elif _number(value) is not None:
+            number = _number(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ValueError(f"{where}: expected a finite number, got {value!r}")
+            return number
     elif isinstance(value, kind):
         return value
     raise ValueError(f"{where}: expected {_NAMES.get(kind, kind.__name__)}, got {value!r}")

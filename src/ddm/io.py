@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ __all__ = [
     "META_FILE",
     "SyntheticSet",
     "RunFolderError",
+    "RunLock",
+    "LOCK_FILE",
+    "new_file_mode",
+    "run_progress",
+    "unfinished_note",
     "atomic_write_bytes",
     "atomic_write_json",
     "save_tensors",
@@ -58,6 +64,25 @@ class RunFolderError(RuntimeError):
 # --- atomic writes -------------------------------------------------------------------------
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash or a full disk never leaves a partial file.
 
@@ -68,6 +93,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = Tru
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; outputs follow the umask
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -120,6 +147,111 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise RunFolderError(f"{path} is not valid JSON ({exc})") from exc
 
 
+# --- one writer per run folder ---------------------------------------------------------------
+
+LOCK_FILE = ".ddm.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+class RunLock:
+    """An exclusive claim on a run folder: ``LOCK_FILE`` holding the writer's pid and host.
+
+    A second writer refuses while the owner lives; a lock left by a process that died (same
+    host, no such pid) is taken over. Released (the file removed) by ``release``, by the
+    process that took it only.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._pid: int | None = None  # set while this process holds it
+
+    def owner(self) -> dict[str, Any] | None:
+        """The live owner recorded in the lock file, or None (no lock, or a stale one)."""
+        try:
+            info = json.loads(self.path.read_text())
+            pid, host = int(info["pid"]), str(info.get("host", ""))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: a writer that died mid-write; taken over
+        if host and host != socket.gethostname():
+            return {"pid": pid, "host": host}  # cannot tell from here: assume it lives
+        return {"pid": pid, "host": host} if _pid_alive(pid) else None
+
+    def refuse_if_held(self) -> None:
+        """Raise RunFolderError naming the owner when another live process holds the folder."""
+        owner = self.owner()
+        if owner is not None and self._pid != os.getpid():
+            where = f" on {owner['host']}" if owner["host"] != socket.gethostname() else ""
+            raise RunFolderError(
+                f"{self.path.parent} is being written by another ddm process (pid "
+                f"{owner['pid']}{where}); wait for it to end, or stop it (if it is gone, "
+                f"remove {self.path})"
+            )
+
+    def acquire(self) -> RunLock:
+        body = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+        for _ in range(3):
+            self.refuse_if_held()
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, new_file_mode())
+            except FileExistsError:
+                if self.owner() is None:  # stale (its process is gone): take it over
+                    self.path.unlink(missing_ok=True)
+                continue
+            except OSError as exc:
+                raise RunFolderError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            self._pid = os.getpid()
+            return self
+        self.refuse_if_held()
+        raise RunFolderError(f"could not take {self.path}; try again")
+
+    def release(self) -> None:
+        if self._pid is not None and self._pid == os.getpid():
+            self.path.unlink(missing_ok=True)
+            self._pid = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def run_progress(meta: dict[str, Any]) -> dict[str, Any]:
+    """``{"iterations_done", "iterations_planned", "finished"}`` of a condensed set's meta
+    (empty for a set that was selected or imported, not condensed)."""
+    done, planned = meta.get("iterations"), meta.get("iterations_planned")
+    if not isinstance(done, int) or not isinstance(planned, int):
+        return {}
+    return {"iterations_done": done, "iterations_planned": planned, "finished": done >= planned}
+
+
+def unfinished_note(folder: str | os.PathLike, meta: dict[str, Any]) -> str | None:
+    """One line saying a run is unfinished, and how to finish it; None when it is finished."""
+    progress = run_progress(meta)
+    if not progress or progress["finished"]:
+        return None
+    done, planned = progress["iterations_done"], progress["iterations_planned"]
+    return (
+        f"note: {folder} is an unfinished run ({done} of {planned} iterations); finish it "
+        f"with `ddm condense --out {folder} --resume`"
+    )
+
+
 # --- the condensed set -----------------------------------------------------------------------
 
 
@@ -169,11 +301,31 @@ def load_synthetic(folder: str | os.PathLike) -> SyntheticSet:
     if "images" not in tensors or "labels" not in tensors:
         raise RunFolderError(f"{folder / SYNTHETIC_FILE} must hold tensors 'images' and 'labels'")
     meta = read_json(folder / META_FILE)
-    images, labels = tensors["images"].float(), tensors["labels"].long()
+    where = folder / SYNTHETIC_FILE
+    images, labels = tensors["images"], tensors["labels"]
+    if not images.is_floating_point():
+        raise RunFolderError(
+            f"{where}: images are {images.dtype}; a run folder stores float32 images in the "
+            "dataset's normalised space (for pixel files, use `ddm evaluate FOLDER --dataset "
+            "NAME` on an image folder)"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise RunFolderError(f"{where}: labels are {labels.dtype}; expected integer class ids")
+    images, labels = images.float(), labels.long()
     if images.ndim != 4 or labels.shape != (images.shape[0],):
         raise RunFolderError(
-            f"{folder / SYNTHETIC_FILE}: images must be N x C x H x W with N "
+            f"{where}: images must be N x C x H x W with N "
             f"labels, got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    if not torch.isfinite(images).all():
+        raise RunFolderError(f"{where}: images hold NaN or infinite values")
+    n_classes = meta.get("num_classes") if isinstance(meta, dict) else None
+    if len(labels) and (
+        int(labels.min()) < 0 or (isinstance(n_classes, int) and int(labels.max()) >= n_classes)
+    ):
+        raise RunFolderError(
+            f"{where}: labels must be class ids in 0..{(n_classes or 0) - 1} (meta.json: "
+            f"{n_classes} classes), got {int(labels.min())}..{int(labels.max())}"
         )
     return SyntheticSet(images, labels, meta)
 
