@@ -38,7 +38,7 @@ from . import distributed as dist
 from .augment import augment
 from .config import EvalConfig
 from .data import Dataset, load_dataset
-from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json
+from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json, run_progress
 from .models import build_model
 from .runtime import Stream, autocast, resolve_precision, seed_for, tune_allocator
 
@@ -350,7 +350,9 @@ def evaluate_folder(
         record_partial(folder, cfg, precision, fingerprint, done)
 
     result = evaluate_set(syn, dataset, cfg, progress, trained=trained, on_run=checkpoint)
-    dist.on_main(record_metrics, folder, result, cfg, fingerprint)
+    # an unfinished run's set says so in its entry (iterations done and planned)
+    done = run_progress(syn.meta) if isinstance(syn, SyntheticSet) else {}
+    dist.on_main(record_metrics, folder, result, cfg, fingerprint, done)
     return result
 
 
@@ -364,6 +366,15 @@ def _check_compatible(syn: SyntheticSet, dataset: Dataset) -> None:
             f"does not fit dataset {dataset.name} ({want[0]}x{want[1]}x{want[1]}, "
             f"{dataset.num_classes} classes)"
         )
+    names = meta.get("classes")
+    if isinstance(names, list) and len(names) == dataset.num_classes:
+        differ = [(a, b) for a, b in zip(names, dataset.classes, strict=True) if str(a) != b]
+        if differ:
+            raise ValueError(
+                f"the condensed set's classes are not {dataset.name}'s (its {differ[0][0]!r} "
+                f"is {differ[0][1]!r} there, {len(differ)} of {len(names)} differ); evaluate it "
+                "on the data it was condensed from"
+            )
     for key, ours in (("mean", dataset.mean), ("std", dataset.std)):
         if key in meta and not np.allclose(meta[key], ours, atol=1e-4):
             raise ValueError(
@@ -439,14 +450,19 @@ def find_evaluation(
 
 
 def record_metrics(
-    run_dir: Path, result: EvalResult, cfg: EvalConfig, fingerprint: str | None = None
+    run_dir: Path,
+    result: EvalResult,
+    cfg: EvalConfig,
+    fingerprint: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Add (or replace: same model, epochs, runs, seed, precision and holdout) an entry in
-    metrics.json, naming its set by ``fingerprint``; the record of the same set's unfinished
-    evaluation under this protocol goes."""
+    metrics.json, naming its set by ``fingerprint`` (``extra``: more keys for the entry, e.g.
+    ``io.run_progress``); the record of the same set's unfinished evaluation under this
+    protocol goes."""
     path = Path(run_dir) / METRICS_FILE
     metrics = read_json(path) if path.exists() else {"evaluations": []}
-    entry = result.to_dict(cfg, fingerprint)
+    entry = {**result.to_dict(cfg, fingerprint), **(extra or {})}
     key = evaluation_key(entry)
     kept = [e for e in metrics.get("evaluations", []) if evaluation_key(e) != key]
     metrics["evaluations"] = [*kept, entry]

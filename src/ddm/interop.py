@@ -395,6 +395,8 @@ def read_dmdc_pt(
             raise ExternalSetError(
                 f"--syn-mean/--syn-std need {dataset.channels} value(s) (one per channel)"
             )
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all()):
+            raise ExternalSetError("--syn-mean/--syn-std must be finite numbers")
         if (s <= 0).any():
             raise ExternalSetError("--syn-std must be positive")
         x01 = images * s.view(1, -1, 1, 1) + m.view(1, -1, 1, 1)

@@ -20,7 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "DatasetError", "ImageSource", "Split", "channel_stats"]
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "ImageSource",
+    "Split",
+    "channel_stats",
+    "MAX_IMAGE_SIZE",
+    "available_memory",
+    "check_image_size",
+    "check_memory",
+]
+
+# The largest --image-size a loader resizes to: the networks here are built for 8 to 512
+# pixels across (ConvNet's depth grows with the size), and one 3 x 1024 x 1024 image is
+# already 3 MiB of uint8 (12 MiB once normalised).
+MAX_IMAGE_SIZE = 1024
 
 
 class DatasetError(ValueError):
@@ -513,3 +528,71 @@ def _labels(values: Any, num_classes: int, path: Path) -> torch.Tensor:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise DatasetError(f"{path}: labels outside [0, {num_classes})")
     return labels
+
+
+# --------------------------------------------------------------------------------------
+# Memory: refuse before allocating what the machine cannot hold
+# --------------------------------------------------------------------------------------
+
+
+def _cgroup_free() -> int | None:
+    """Bytes this process's cgroup may still allocate (v2 or v1), or None without a limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process (Linux: MemAvailable, capped by the cgroup's
+    limit), or None where the system does not say."""
+    found = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = _cgroup_free()
+    if cgroup is not None:
+        found = cgroup if found is None else min(found, cgroup)
+    return found
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def check_image_size(size: int) -> None:
+    """Refuse an image size no loader should allocate (``MAX_IMAGE_SIZE``)."""
+    if size <= 0:
+        raise DatasetError(f"--image-size must be positive, got {size}")
+    if size > MAX_IMAGE_SIZE:
+        raise DatasetError(
+            f"--image-size {size} is above the largest supported, {MAX_IMAGE_SIZE} (one "
+            f"{size}x{size} RGB image is {_gib(3 * size * size)}); use a smaller size"
+        )
+
+
+def check_memory(needed: int, what: str) -> None:
+    """Raise DatasetError when ``needed`` bytes (for ``what``) exceed the available memory."""
+    free = available_memory()
+    if free is not None and needed > free:
+        raise DatasetError(
+            f"{what} needs about {_gib(needed)} of memory, and {_gib(free)} is available; "
+            "use a smaller --image-size or fewer images (`ddm prepare` makes a store read "
+            "from disk on demand)"
+        )

@@ -9,11 +9,22 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .core import Dataset, DatasetError, Split, _dataset_root, _locate, _need_dir, _need_file
+from .core import (
+    Dataset,
+    DatasetError,
+    Split,
+    _dataset_root,
+    _locate,
+    _need_dir,
+    _need_file,
+    check_image_size,
+    check_memory,
+)
 
 _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -33,6 +44,28 @@ def _list_images(folder: Path, layout: str) -> list[Path]:
     return files
 
 
+def _to_8bit(img: Any, path: Path) -> Any:
+    """A 16-bit grayscale image (PNG, TIFF) as 8-bit ``L``: 0..65535 mapped onto 0..255.
+
+    Pillow's own conversion clips such pixels at 255 (a mostly white image); float or 32-bit
+    pixels have no agreed range and are refused.
+    """
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if img.mode == "F" or arr.size == 0 or int(arr.min()) < 0 or int(arr.max()) > 65535:
+        low, high = (arr.min(), arr.max()) if arr.size else (0, 0)
+        raise DatasetError(
+            f"image {path} has {img.mode} pixels ({arr.dtype}, {low}..{high}), no 8- or "
+            "16-bit range; convert it to 8-bit RGB or grayscale"
+        )
+    eight = (arr.astype(np.uint32) * 255 + 32767) // 65535
+    return Image.fromarray(eight.astype(np.uint8), mode="L")
+
+
+_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
 def _decode(path: Path, size: int) -> np.ndarray:
     """One image as uint8 RGB ``3 x size x size``: short side resized to ``size``, centre crop."""
     from PIL import Image
@@ -42,7 +75,11 @@ def _decode(path: Path, size: int) -> np.ndarray:
             w, h = img.size
             if min(w, h) >= 2 * size:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, >= size
+            if img.mode in _WIDE_MODES:
+                img = _to_8bit(img, path)
             rgb = img.convert("RGB")
+    except DatasetError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot decode image {path}: {err}") from err
     w, h = rgb.size
@@ -58,6 +95,11 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
 def _decode_all(paths: Sequence[Path], size: int) -> torch.Tensor:
     """Decode images in threads (Pillow releases the GIL) into one uint8 N x 3 x S x S."""
+    check_image_size(size)
+    check_memory(
+        len(paths) * 3 * size * size,
+        f"{len(paths)} images of 3 x {size} x {size} bytes (one split, decoded)",
+    )
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def work(start: int) -> None:

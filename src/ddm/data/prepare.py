@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import DatasetError
+from .core import DatasetError, check_image_size, check_memory
 from .folders import _decode, _list_images
 from .store import INDEX_FILE, SPLITS, STORE_FORMAT, STORE_VERSION, class_file
 
@@ -151,8 +151,12 @@ def _val_files(
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary file in the same folder, then one rename."""
+    from ..io import new_file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; a store follows the umask
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
             f.flush()
@@ -201,8 +205,7 @@ def prepare_store(
     """Write (or finish) the store ``out`` from the class-folder tree ``src`` (module doc)."""
     from tqdm.auto import tqdm
 
-    if image_size <= 0:
-        raise ValueError(f"--image-size must be positive, got {image_size}")
+    check_image_size(image_size)
     src, store = Path(src).expanduser(), Path(out).expanduser()
     if not (src / "train").is_dir():
         raise DatasetError(f"missing folder {src / 'train'}; {_LAYOUT}")
@@ -248,6 +251,13 @@ def prepare_store(
         done = len(names) - len(todo)
         log(f"{store}: {done} of {len(names)} classes already written; continuing")
     workers = workers or min(32, (os.cpu_count() or 1) + 2)
+    if todo:  # a class is held twice while stacked (its decoded images and their array)
+        largest = max(max(len(train_files[k]), len(val_files[k])) for k in todo)
+        check_memory(
+            2 * largest * 3 * image_size * image_size,
+            f"the largest class ({largest} images of 3 x {image_size} x {image_size} bytes, "
+            "twice while stacked)",
+        )
 
     def decode(path: Path) -> np.ndarray | None:
         try:
