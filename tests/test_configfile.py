@@ -140,7 +140,7 @@ def test_new_field_value_is_checked_and_set(tmp_path):
         ("condense", "batch-rael: 4\n", "c.yaml", "did you mean batch_real?"),
         ("condense", "ipc: 1\nipc-: 2\n", "c.yaml", "unknown setting(s) ipc-"),
         ("condense", "out: runs/x\n", "c.yaml", "give --out on the command line"),
-        ("condense", '{"ipc": 2, "ipc": "x"}', "c.json", "ipc: expected an integer"),
+        ("condense", '{"ipc": 2, "ipc": "x"}', "c.json", "'ipc' is given twice"),
         ("condense", "ipc: [1\n", "c.yaml", "not valid YAML"),
         ("condense", "{ipc: 2}", "c.json", "not valid JSON"),
         ("condense", "- ipc\n", "c.yaml", "expected a mapping of settings"),
