@@ -349,7 +349,7 @@ def test_parse_overrides_types_and_errors():
     got = parse_overrides(["model-batch=64", "lr_img=0.5", "dsa=False", "init=noise", "w_mm=1e3"])
     assert got == {"model_batch": 64, "lr_img": 0.5, "dsa": False, "init": "noise", "w_mm": 1000.0}
     assert isinstance(got["model_batch"], int) and isinstance(got["w_mm"], float)
-    assert CondenseConfig(**got).resolved().model_batch == 64
+    assert CondenseConfig(**got, method="ddm").resolved().model_batch == 64
     for bad in ("model_batch", "=3"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_overrides([bad])
