@@ -375,7 +375,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if path not in imported:
             from .io import load_synthetic, unfinished_note
 
-            note = unfinished_note(path, load_synthetic(path).meta)
+            folder = path.parent if path.suffix == ".safetensors" else path
+            note = unfinished_note(folder, load_synthetic(path).meta)
             if note:
                 dist.echo(note)
         dist.echo(

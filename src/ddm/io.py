@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,13 @@ class RunLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # unreadable: a writer that died mid-write; taken over
+            # unreadable: a writer between creating and filling it (young), or one that died
+            # then (old, taken over)
+            try:
+                young = time.time() - self.path.stat().st_mtime < 10
+            except OSError:
+                return None
+            return {"pid": "?", "host": ""} if young else None
         if host and host != socket.gethostname():
             return {"pid": pid, "host": host}  # cannot tell from here: assume it lives
         return {"pid": pid, "host": host} if _pid_alive(pid) else None
@@ -193,7 +200,8 @@ class RunLock:
         """Raise RunFolderError naming the owner when another live process holds the folder."""
         owner = self.owner()
         if owner is not None and self._pid != os.getpid():
-            where = f" on {owner['host']}" if owner["host"] != socket.gethostname() else ""
+            other = owner["host"] and owner["host"] != socket.gethostname()
+            where = f" on {owner['host']}" if other else ""
             raise RunFolderError(
                 f"{self.path.parent} is being written by another ddm process (pid "
                 f"{owner['pid']}{where}); wait for it to end, or stop it (if it is gone, "
