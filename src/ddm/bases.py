@@ -1,8 +1,8 @@
 """The two bases of the condensation loop: how networks are sampled, how images are stored.
 
-- ``DMBase`` (METHOD.md 3): a freshly initialised network every iteration, images stored as
+- ``DMBase`` (docs/method.md, 'DM'): a freshly initialised network every iteration, images stored as
   they are matched, one image step per iteration.
-- ``IDMBase`` (METHOD.md 5): a queue of networks that are trained between iterations, each
+- ``IDMBase`` (docs/method.md, 'IDM'): a queue of networks that are trained between iterations, each
   stored image holding ``factor`` x ``factor`` sub-images that are expanded before matching,
   the class-aware cross-entropy term, and one image step per class.
 

@@ -1,9 +1,9 @@
 """The condensation loop shared by DM, DDM (and the IDM base).
 
-One iteration (METHOD.md sections 3-4): take a randomly initialised, frozen network; for every
-class draw a real batch and one Siamese DSA draw shared by the real batch and the synthetic
-images of that class; compare them through the objective (a weighted sum of terms); take one
-SGD step on the pixels.
+One iteration (docs/method.md, 'DM' and 'DDM, paper form'): take a randomly initialised,
+frozen network; for every class draw a real batch and one Siamese DSA draw shared by the real
+batch and the synthetic images of that class; compare them through the objective (a weighted
+sum of terms); take one SGD step on the pixels.
 
 The real side needs no gradient and enters every term only through batch means (mean
 embedding, mean feature map, mean Gram matrix), so it is pushed through the network in
@@ -179,7 +179,8 @@ def initial_images(
 
 @dataclass(frozen=True)
 class _Weights:
-    """The objective's terms: weights and how each is computed (METHOD.md 4 and 4b)."""
+    """The objective's terms: weights and how each is computed (docs/method.md, 'DDM, paper form'
+    and 'DDM, released form')."""
 
     w_mm: float
     w_cm: float
@@ -212,7 +213,7 @@ class CompiledEntryPoints:
     iteration to the next). The network object is re-initialised in place every iteration, so
     nothing recompiles after the first. DDM's entry points with style maps
     (``embed_and_maps``, ``embed_maps_and_moments``) stay eager: compiled, a released-DDM
-    iteration was 1.04-1.08x slower (the maps it keeps are graph outputs; README, Speed).
+    iteration was 1.04-1.08x slower (the maps it keeps are graph outputs; docs/performance.md).
     Everything else (``features``, ``classifier``, ...) is the network's own.
     """
 

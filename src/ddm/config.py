@@ -1,6 +1,6 @@
 """Settings as frozen dataclasses. The CLI and preset files only fill these in.
 
-``CondenseConfig.resolved()`` turns the method's defaults (METHOD.md) into explicit values;
+``CondenseConfig.resolved()`` turns the method's defaults (docs/method.md) into explicit values;
 every run writes the resolved settings to ``config.json`` next to its outputs.
 """
 
@@ -31,15 +31,16 @@ TAPS = ("act", "conv")
 MOMENT_ESTIMATORS = ("batch", "persample")
 # auto: bf16 autocast where the hardware runs it fast, else fp32 (ddm.runtime.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16")
-# auto for both (README, "Precision by capability"): sets condensed in bf16 scored within 0.5
-# points of float32 ones on CIFAR-10 (DM and DDM, 2 seeds x 3 models), and the same sets trained
-# in bf16 within 0.16 points; with bf16's pooling backward in closed form, bf16 condensation and
-# training are faster at every image size measured (8 x 8 to 64 x 64)
+# auto for both (docs/results/precision.md, docs/performance.md): sets condensed in bf16
+# scored within 0.5 points of float32 ones on CIFAR-10 (DM and DDM, 2 seeds x 3 models), and
+# the same sets trained in bf16 within 0.16 points; with bf16's pooling backward in closed form,
+# bf16 condensation and training are faster at every image size measured (8 x 8 to 64 x 64)
 DEFAULT_PRECISION = "auto"
 DEFAULT_EVAL_PRECISION = "auto"
 
-# DDM's two published forms (METHOD.md 4 and 4b): each a set of defaults for the settings a
-# user leaves as None. A form is settings, not a branch of the loop.
+# DDM's two published forms (docs/method.md, 'DDM, paper form' and 'DDM, released form'): each
+# a set of defaults for the settings a user leaves as None. A form is settings, not a branch of
+# the loop.
 FORMS: dict[str, dict[str, Any]] = {
     # the paper / first reference code: moments of batch-averaged post-ReLU maps, KL diversity
     "paper": {
@@ -64,12 +65,14 @@ FORMS: dict[str, dict[str, Any]] = {
         "w_sd": 0.0,
     },
 }
-# What `--method ddm` gives without --form: the form that measured best in Table A (README,
-# "DDM's two forms"; paper +0.86 over DM, released -0.02, both seeds paired, 500 iterations).
+# What `--method ddm` gives without --form: the form that measured best on CIFAR-10 at every
+# budget measured (docs/results/ddm-vs-dm.md: e.g. paper +1.88 over DM, released +0.82, both
+# seeds paired, 2,000 iterations, 1,000-epoch evaluation).
 DEFAULT_FORM = "paper"
 
-# Per-method defaults for settings left as None (METHOD.md sections 3-5). DM and IDM carry no
-# DDM term; their tap/estimator settings are inert and filled with the paper form's.
+# Per-method defaults for settings left as None (docs/method.md, 'DM', 'DDM' and 'IDM'). DM
+# and IDM carry no DDM term; their tap/estimator settings are inert and filled with the paper
+# form's.
 _NO_TERMS = {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0, "w_cd": 0.0, "w_sd": 0.0}
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {**FORMS["paper"], **_NO_TERMS},
@@ -116,7 +119,7 @@ class CondenseConfig:
     w_cd: float | None = None  # released bounded diversity L_CD
     cd_rank: int = 0  # L_CD's principal directions; 0: min(images per class - 1, 16)
     w_sd: float | None = None  # optional style-spread L_SD (released; off by default)
-    # IDM base (METHOD.md 5; None: the base's default)
+    # IDM base (docs/method.md, 'IDM'; None: the base's default)
     factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
     ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
     net_init: int = 3  # queue models at the start
@@ -211,7 +214,7 @@ class CondenseConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The field's evaluation protocol (METHOD.md section 6); epochs/runs reducible."""
+    """The field's evaluation protocol (docs/method.md, 'Evaluation protocol'); reducible."""
 
     model: str = "convnet"
     depth: int | None = None  # ConvNet depth; None: by resolution
