@@ -24,7 +24,7 @@ ddm, ...), so a busy machine slows every method alike and the ratios stay meanin
 A method name with ``+compile`` (``dm+compile``) is its ``--compile`` row in the same process;
 its warm-up iteration compiles, and its FLOPs are counted on the eager row's.
 
-Every claim is a ratio to the hardware: ``--paired`` first measures this machine's matmul
+Every claim is a ratio to the hardware: ``--paired`` first measures the machine's matmul
 throughput (GFLOPS, 2048 x 2048, float32 and bf16), counts each method's FLOPs in one iteration
 (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) and
 prints, beside the seconds per iteration, the *floor* = FLOPs / peak of the precision used.

@@ -122,8 +122,8 @@ def test_method_page_has_the_headings_code_cites():
         assert f"\n## {heading}\n" in text, heading
 
 
-# history ("session 3", "issue 9") in any case; the outside spec by its name, METHOD.md in capitals
-# (the repo's own page, docs/method.md, is what to cite)
+# Development history (numbered sessions and issues, in any case) and the outside spec's file
+# name in capitals; the repo's own page, docs/method.md, is what to cite.
 OUTSIDE = re.compile(r"(?i:sessions? [0-9]|issue [0-9])|\.\./shared/docs|METHOD\.md")
 
 
