@@ -28,7 +28,10 @@ def test_cli_reference_is_generated_from_the_parser():
     text = gen.render()
     assert "## ddm condense" in text and "--iterations" in text
     committed = (ROOT / "docs" / "cli.md").read_text()
-    assert committed == text, "docs/cli.md is out of date: run python scripts/gen_docs.py"
+    # argparse wraps help text slightly differently across Python versions: compare the words
+    assert committed.split() == text.split(), (
+        "docs/cli.md is out of date: run python scripts/gen_docs.py"
+    )
 
 
 def test_cli_reference_lists_every_subcommand():
