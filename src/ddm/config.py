@@ -24,8 +24,9 @@ __all__ = [
     "load_preset",
 ]
 
-METHODS = ("dm", "ddm", "idm")
-BASES = ("dm", "idm")
+METHODS = ("dm", "ddm", "idm", "ncfm")
+BASES = ("dm", "idm", "ncfm")
+IMAGE_OPTIMIZERS = ("sgd", "adamw")
 INITS = ("real", "noise")
 TAPS = ("act", "conv")
 MOMENT_ESTIMATORS = ("batch", "persample")
@@ -77,10 +78,19 @@ _NO_TERMS = {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0, "w_cd": 0.0, "w_sd": 0.0}
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {**FORMS["paper"], **_NO_TERMS},
     "idm": {**FORMS["paper"], **_NO_TERMS},
+    "ncfm": {**FORMS["paper"], **_NO_TERMS},
 }
 _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {"lr_img": 1.0, "factor": 1, "ce_weight": 0.0},
     "idm": {"lr_img": 0.2, "factor": 2, "ce_weight": 0.5},
+    # docs/method.md, 'NCFM': AdamW lr 1e-3, factor 2, one CE step per class (weight 1)
+    "ncfm": {
+        "lr_img": 1e-3,
+        "factor": 2,
+        "ce_weight": 1.0,
+        "optimizer_img": "adamw",
+        "num_freqs": 4096,
+    },
 }
 
 
@@ -95,8 +105,8 @@ class CondenseConfig:
     # set: `ddm evaluate --holdout N` tests on them (Dataset.holdout)
     holdout: int = 0
     ipc: int = 10
-    method: str = "dm"  # dm | ddm | idm
-    base: str | None = None  # dm | idm; None: idm for method idm, else dm
+    method: str = "dm"  # dm | ddm | idm | ncfm
+    base: str | None = None  # dm | idm | ncfm; None: idm/ncfm for methods idm/ncfm, else dm
     iterations: int = 20000
     batch_real: int = 256
     lr_img: float | None = None  # None: 1.0 on the DM base, 0.2 on IDM
@@ -129,6 +139,10 @@ class CondenseConfig:
     model_train_steps: int = 10  # SGD steps per trained queue model
     model_batch: int = 256  # real images per queue-training step
     model_lr: float = 0.01
+    # NCFM base (docs/method.md, 'NCFM'; None: the base's default, unused on other bases)
+    pool: str | None = None  # folder of trained networks (`ddm pool`)
+    num_freqs: int | None = None  # Gaussian frequencies per class and iteration: 4096
+    optimizer_img: str | None = None  # adamw (default) | sgd (uses lr_img and momentum)
     # precision of the network's forward: auto | fp32 | bf16 (changes the result slightly);
     # a run records the resolved fp32 | bf16 in config.json and meta.json
     precision: str = DEFAULT_PRECISION
@@ -143,11 +157,15 @@ class CondenseConfig:
         """Fill method/base defaults and validate; raises ValueError with what to do."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        base = self.base or ("idm" if self.method == "idm" else "dm")
+        base = self.base or (self.method if self.method in ("idm", "ncfm") else "dm")
         if base not in BASES:
             raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
         if self.method == "dm" and base != "dm":
-            raise ValueError("method dm runs on the dm base; use --method idm or ddm --base idm")
+            raise ValueError(
+                f"method dm runs on the dm base; use --method {base} or --method ddm --base {base}"
+            )
+        if self.method in ("idm", "ncfm") and base != self.method:
+            raise ValueError(f"method {self.method} runs on the {self.method} base")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
         for name in ("ipc", "iterations", "batch_real"):
@@ -190,10 +208,25 @@ class CondenseConfig:
             raise ValueError("--cd-rank must be >= 0 (0: min(images per class - 1, 16))")
         if out.lr_img <= 0:
             raise ValueError("--lr-img must be positive")
-        if out.factor < 1 or (out.factor > 1 and base != "idm"):
-            raise ValueError("--factor must be >= 1, and above 1 only on the idm base")
-        if out.ce_weight < 0 or (out.ce_weight > 0 and base != "idm"):
-            raise ValueError("--ce-weight must be >= 0, and above 0 only on the idm base")
+        if out.factor < 1 or (out.factor > 1 and base == "dm"):
+            raise ValueError("--factor must be >= 1, and above 1 only on the idm or ncfm base")
+        if out.ce_weight < 0 or (out.ce_weight > 0 and base == "dm"):
+            raise ValueError("--ce-weight must be >= 0, and above 0 only on the idm or ncfm base")
+        if base == "ncfm":
+            if not out.pool:
+                raise ValueError(
+                    "the ncfm base needs --pool DIR, a pool of trained networks "
+                    "(make one with `ddm pool --dataset D --out DIR`)"
+                )
+            if out.num_freqs <= 0:
+                raise ValueError("--num-freqs must be positive")
+            if out.optimizer_img not in IMAGE_OPTIMIZERS:
+                raise ValueError(
+                    f"unknown image optimiser {out.optimizer_img!r}; "
+                    f"known: {', '.join(IMAGE_OPTIMIZERS)}"
+                )
+        elif any(getattr(out, k) is not None for k in ("pool", "num_freqs", "optimizer_img")):
+            raise ValueError("--pool, --num-freqs and --optimizer-img apply to the ncfm base only")
         for name in (
             "net_init",
             "net_num",

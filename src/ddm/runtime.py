@@ -42,6 +42,10 @@ class Stream:
     NET = 2  # condensation: network initialisation (per iteration for DM, per queue model for IDM)
     QUEUE = 3  # IDM: which queue model matches an iteration
     QUEUE_TRAIN = 4  # IDM: which queue models are trained, and their real batches
+    POOL = 30  # NCFM: which pool network (and interpolation coefficient) an iteration uses
+    POOL_NET = 31  # pool training: a network's initialisation
+    POOL_TRAIN = 32  # pool training: batches, augmentation and CutMix of (network, epoch)
+    CALIB = 33  # NCFM: the augmentation of (iteration, class)'s cross-entropy step
     EVAL_MODEL = 10
     EVAL_TRAIN = 11
     HERDING_MODEL = 21
