@@ -184,6 +184,27 @@ def test_step_order_match_per_class_then_ce_per_class(pool, digits, monkeypatch)
     assert events == want
 
 
+def test_real_batches_come_from_all_of_a_class(pool, digits, monkeypatch):
+    """Not the class's first batch_real images on every iteration (the reference's defect)."""
+    drawn: list[torch.Tensor] = []
+    original = type(digits).class_subset_indices
+
+    def spy(self, c, n, gen):
+        idx = original(self, c, n, gen)
+        if c == 0:
+            drawn.append(idx)
+        return idx
+
+    monkeypatch.setattr(type(digits), "class_subset_indices", spy)
+    run = _Run(_cfg(pool, batch_real=16).resolved(), digits, None)
+    drawn.clear()  # the initialisation's draw
+    for _ in range(3):
+        run.step()
+    first = set(digits.train.class_indices(0)[:16].tolist())
+    seen = set(torch.cat(drawn).tolist())
+    assert len(drawn) == 3 and len(seen) > 16 and seen != first
+
+
 def test_same_seed_same_set_and_resume_matches_an_uninterrupted_run(pool, digits, tmp_path):
     cfg = _cfg(pool)
     full = condense(cfg, tmp_path / "full", dataset=digits, progress=False)
