@@ -340,6 +340,9 @@ def test_pool_bad_inputs_are_one_clear_error(pool, digits, tmp_path):
     (corrupt / "net0_init.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(PoolError, match="pool network 0 .*not a readable safetensors"):
         load_pool(corrupt, digits, "convnet")
+    with pytest.raises(PoolError, match="finished pool network 0: .*not a readable"):
+        train_pool(PoolConfig(dataset="digits", networks=3, epochs=1), corrupt, dataset=digits)
+    assert not (corrupt / "net2_init.safetensors").exists()  # refused before any work
     wrong = _copy(pool, tmp_path / "wrong")
     save_tensors(wrong / "net0_final.safetensors", {"w": torch.zeros(1)})
     with pytest.raises(PoolError, match="does not fit the pool's architecture"):

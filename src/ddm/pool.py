@@ -254,6 +254,15 @@ def train_pool(
                 "use another --out or the original settings"
             )
         manifest["networks"] = saved.get("networks", [])
+        for entry in manifest["networks"]:  # finished networks must still be readable
+            for kind in ("init", "final"):
+                try:
+                    load_tensors(out / str(entry.get(kind, "")))
+                except Exception as exc:
+                    raise PoolError(
+                        f"finished pool network {entry.get('index')}: {exc}; use another --out "
+                        f"or remove its entry from {out / POOL_FILE} to retrain it"
+                    ) from None
     out.mkdir(parents=True, exist_ok=True)
     done = {n["index"] for n in manifest["networks"]}
     bar = tqdm(
