@@ -387,6 +387,9 @@ def test_presets_of_ncfm_resolve():
     for name in names:
         cfg = CondenseConfig(**load_preset(name)["settings"]).resolved()
         assert cfg.base == "ncfm"
+    # DDM's terms on a preset's NCFM: --method ddm over the preset
+    ddm = CondenseConfig(**{**load_preset("ncfm-cifar10-ipc10")["settings"], "method": "ddm"})
+    assert ddm.resolved().base == "ncfm" and ddm.resolved().w_mm == 1e4
     c100 = CondenseConfig(**load_preset("ncfm-cifar100-ipc10")["settings"]).resolved()
     assert (c100.optimizer_img, c100.lr_img, c100.momentum) == ("sgd", 0.01, 0.5)
 
