@@ -7,8 +7,10 @@
   the class-aware cross-entropy term, and one image step per class.
 
 The loop (``ddm.condense``) asks a base for the network of an iteration, the images to match
-(``expand``), the cross-entropy weight, and calls ``after_iteration``; everything else (the
-objective, DSA, checkpoints) is shared. A base's state goes into the checkpoint via
+(``expand``), the cross-entropy weight, the image optimiser, the augmentation draw and (NCFM,
+``ddm.ncfm``) the frequencies, the storage space of the images and the cross-entropy steps
+after matching, and calls ``begin_iteration`` / ``end_iteration`` / ``after_iteration``;
+everything else (the objective, checkpoints) is shared. A base's state goes into the checkpoint via
 ``state_tensors`` / ``state_meta`` so that a resumed run continues exactly.
 """
 

@@ -16,6 +16,8 @@ and the end of training; factor-2 partitioned images kept in pixel space [0, 1] 
 start of every iteration); NCFM's augmentation (colour, crop and cutout, all applied, one
 shared draw); one AdamW step per class for matching, then one cross-entropy step per class on
 the pool network's final weights; the image learning rate halved on a plateau of the loss.
+The reference's optional frequency sampler is not offered: as published it never learns, and
+every published config has it off (docs/method.md, 'NCFM').
 """
 
 from __future__ import annotations
