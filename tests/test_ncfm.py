@@ -255,6 +255,43 @@ def test_ddm_terms_on_the_ncfm_base(pool, digits, form, tmp_path):
     assert float(values["icd" if form == "paper" else "cd"]) != 0
 
 
+def test_sampler_ascends_the_loss_and_resumes(pool, digits, tmp_path, monkeypatch):
+    """psi (--ncfm-sampler) learns: its step raises the loss it was given (the reference's
+    gradients cancel to zero), its gradient is cleared after every step, and its state is in
+    the checkpoint."""
+    run = _Run(_cfg(pool, ncfm_sampler=True).resolved(), digits, None)
+    base = run.base
+    gen = torch.Generator().manual_seed(0)
+    dim = base.net.embed_dim
+    real = torch.nn.functional.normalize(torch.randn(32, dim, generator=gen))
+    syn = torch.nn.functional.normalize(torch.randn(8, dim, generator=gen))
+    noise = base.frequencies(dim, gen).noise
+    loss = cf_loss(real, syn, base.sampler(noise))
+    loss.backward()
+    before = float(loss.detach())
+    assert max(float(p.grad.abs().max()) for p in base.sampler.parameters()) > 0
+    base.after_match_step()
+    assert all(p.grad is None for p in base.sampler.parameters())
+    with torch.no_grad():
+        after = float(cf_loss(real, syn, base.sampler(noise)))
+    assert after > before
+    # in the loop: psi moves every iteration, and a resumed run ends where a whole one ends
+    cfg = _cfg(pool, ncfm_sampler=True)
+    full = condense(cfg, tmp_path / "full", dataset=digits, progress=False)
+    condense(cfg, tmp_path / "cut", dataset=digits, progress=False, stop_after=2)
+    resumed = condense(cfg, tmp_path / "cut", dataset=digits, progress=False, resume=True)
+    assert torch.equal(full.images, resumed.images)
+    ckpt = load_tensors(tmp_path / "full/checkpoint.safetensors")
+    first = _Run(cfg.resolved(), digits, None).base.sampler.state_dict()
+    moved = [k for k, v in first.items() if not torch.equal(ckpt[f"sampler.{k}"], v)]
+    assert any(k.endswith("weight") for k in moved)
+    from ddm import distributed as dist
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="--ncfm-sampler runs in one process"):
+        _Run(cfg.resolved(), digits, None)
+
+
 # --- the pool ----------------------------------------------------------------------------------
 
 
@@ -371,6 +408,8 @@ def test_cli_pool_errors_are_one_line_before_work(pool, tmp_path, capsys):
 def test_settings_of_the_ncfm_base_are_checked():
     with pytest.raises(ValueError, match="apply to the ncfm base only"):
         CondenseConfig(method="dm", num_freqs=10).resolved()
+    with pytest.raises(ValueError, match="--ncfm-sampler applies to the ncfm base only"):
+        CondenseConfig(method="ddm", ncfm_sampler=True).resolved()
     with pytest.raises(ValueError, match="unknown image optimiser"):
         CondenseConfig(method="ncfm", pool="p", optimizer_img="adam").resolved()
     cfg = CondenseConfig(method="ncfm", pool="p").resolved()

@@ -139,6 +139,9 @@ class DMBase:
         """The image optimiser: SGD with momentum (DM, IDM)."""
         return torch.optim.SGD([images], lr=self.cfg.lr_img, momentum=self.cfg.momentum)
 
+    def after_match_step(self) -> None:
+        """Called after each image step of matching (NCFM's sampler ascends here)."""
+
     def end_iteration(self, loss: float) -> None:
         """Called with the iteration's loss (summed over classes and ranks)."""
 

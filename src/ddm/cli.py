@@ -86,6 +86,12 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("num-freqs", int, "NCFM: Gaussian frequencies per class and iteration (ncfm default 4096)"),
     ("optimizer-img", str, "NCFM image optimiser: adamw (ncfm default) | sgd"),
     (
+        "ncfm-sampler",
+        _bool,
+        "NCFM: frequencies from a sampler network trained to maximise the loss (64 frequencies, "
+        "4 distinct; one process only)",
+    ),
+    (
         "precision",
         str,
         "auto | fp32 | bf16; auto: bf16 where the hardware has bf16 units, a short probe "

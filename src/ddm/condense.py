@@ -78,7 +78,13 @@ from .losses import (
     style_spread_from_stats,
 )
 from .models import uses_batchnorm
-from .ncfm import cf_loss_from_stats, cf_stats, normalise_features
+from .ncfm import (
+    SampledFrequencies,
+    cf_loss,
+    cf_loss_from_stats,
+    cf_stats,
+    normalise_features,
+)
 from .runtime import Stream, autocast, generator, resolve_precision, tune_allocator
 
 __all__ = [
@@ -246,6 +252,8 @@ class _RealStats:
     cf_freqs: torch.Tensor | None = None  # T x D frequencies (NCFM's L_CF replaces L_MMD)
     cf_re: torch.Tensor | None = None  # T: real part of the real side's characteristic function
     cf_im: torch.Tensor | None = None  # T: imaginary part
+    cf_sampled: Any = None  # NCFM's sampler: noise and sampler (frequencies with autograd)
+    cf_real: torch.Tensor | None = None  # N x D normalised real embeddings (with the sampler)
 
 
 def _features(net: nn.Module, x: torch.Tensor, weights: _Weights, moments: bool = False):
@@ -369,7 +377,9 @@ def real_statistics(
                 known = [None if m is None else m[i] for m in split_moments]
                 stat = _class_stats(embs[i], layers, weights, gram_dtype, first, known)
                 k = group[i]
-                if k < len(freqs) and freqs[k] is not None:
+                if k < len(freqs) and isinstance(freqs[k], SampledFrequencies):
+                    stat.cf_sampled, stat.cf_real = freqs[k], normalise_features(embs[i])
+                elif k < len(freqs) and freqs[k] is not None:
                     stat.cf_freqs = freqs[k].to(device)
                     stat.cf_re, stat.cf_im = cf_stats(normalise_features(embs[i]), stat.cf_freqs)
                 stats.append(stat)
@@ -424,7 +434,10 @@ def objective(
     w = weights
     for c, stat in enumerate(real):
         syn_maps = [layer[c] for layer in layer_maps]
-        if stat.cf_freqs is not None:  # NCFM: the characteristic-function discrepancy
+        if stat.cf_sampled is not None:  # NCFM with its sampler: frequencies with autograd
+            freqs = stat.cf_sampled.frequencies(embs[c].device)
+            parts = {"cf": (1.0, cf_loss(stat.cf_real, normalise_features(embs[c]), freqs))}
+        elif stat.cf_freqs is not None:  # NCFM: the characteristic-function discrepancy
             cf = cf_loss_from_stats(
                 stat.cf_re, stat.cf_im, normalise_features(embs[c]), stat.cf_freqs
             )
@@ -592,6 +605,7 @@ class _Run:
                 break
             loss.backward()
             self.optimizer.step()
+            self.base.after_match_step()
             total += value
             for name, v in parts.items():
                 terms[name] += v

@@ -143,6 +143,7 @@ class CondenseConfig:
     pool: str | None = None  # folder of trained networks (`ddm pool`)
     num_freqs: int | None = None  # Gaussian frequencies per class and iteration: 4096
     optimizer_img: str | None = None  # adamw (default) | sgd (uses lr_img and momentum)
+    ncfm_sampler: bool | None = None  # NCFM's frequency sampler psi (None/false: off)
     # precision of the network's forward: auto | fp32 | bf16 (changes the result slightly);
     # a run records the resolved fp32 | bf16 in config.json and meta.json
     precision: str = DEFAULT_PRECISION
@@ -227,6 +228,8 @@ class CondenseConfig:
                 )
         elif any(getattr(out, k) is not None for k in ("pool", "num_freqs", "optimizer_img")):
             raise ValueError("--pool, --num-freqs and --optimizer-img apply to the ncfm base only")
+        elif out.ncfm_sampler:
+            raise ValueError("--ncfm-sampler applies to the ncfm base only")
         for name in (
             "net_init",
             "net_num",

@@ -16,26 +16,29 @@ and the end of training; factor-2 partitioned images kept in pixel space [0, 1] 
 start of every iteration); NCFM's augmentation (colour, crop and cutout, all applied, one
 shared draw); one AdamW step per class for matching, then one cross-entropy step per class on
 the pool network's final weights; the image learning rate halved on a plateau of the loss.
-The reference's optional frequency sampler is not offered: as published it never learns, and
-every published config has it off (docs/method.md, 'NCFM').
+The optional frequency sampler psi (``--ncfm-sampler``, off as in every published config) is a
+small network that maps noise to the frequencies and is trained to *maximise* the loss while
+the images minimise it; unlike the reference's, whose gradients cancel, it learns.
+With it the loss uses its 64 frequencies (4 distinct) instead of ``num_freqs`` Gaussian ones.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist
 from .augment import GROUPS, DSAParams
 from .bases import DMBase
 from .config import CondenseConfig
 from .data import Dataset
 from .io import expand
-from .runtime import Stream, generator
+from .runtime import Stream, generator, seed_for
 
 __all__ = [
     "CF_SCALE",
@@ -57,6 +60,10 @@ NCFM_STRATEGY = "color_crop_cutout"  # every group applied, in this order
 IMAGE_WEIGHT_DECAY = 5e-4  # AdamW on the images
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 500
+SAMPLER_NOISE_ROWS = 4  # distinct frequency rows psi outputs
+SAMPLER_TILE = 16  # each tiled 16 times: 64 frequencies
+SAMPLER_LR = 1e-3
+SAMPLER_MOMENTUM = 0.5
 
 
 # --- the loss --------------------------------------------------------------------------------
@@ -110,6 +117,36 @@ def draw_frequencies(num: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 def normalise_features(features: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 normalisation, as NCFM feeds embeddings to the loss."""
     return F.normalize(features.float(), dim=1)
+
+
+# --- the frequency sampler psi ---------------------------------------------------------------
+
+
+class SampleNet(nn.Module):
+    """psi: noise (rows x D) -> frequencies, 3 x [Linear(D, D) -> BatchNorm1d -> LeakyReLU(0.2)]
+    with Tanh as the last activation; the output is tiled ``tile`` times (always train mode)."""
+
+    def __init__(self, dim: int, tile: int = SAMPLER_TILE) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for k in range(3):
+            layers += [nn.Linear(dim, dim), nn.BatchNorm1d(dim)]
+            layers.append(nn.Tanh() if k == 2 else nn.LeakyReLU(0.2))
+        self.body = nn.Sequential(*layers)
+        self.tile = tile
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.body(noise).repeat(self.tile, 1)
+
+
+class SampledFrequencies(NamedTuple):
+    """One class's sampler noise and the sampler: the frequencies, with autograd into psi."""
+
+    noise: torch.Tensor
+    sampler: SampleNet
+
+    def frequencies(self, device: torch.device) -> torch.Tensor:
+        return self.sampler(self.noise.to(device))
 
 
 # --- augmentation ----------------------------------------------------------------------------
@@ -166,6 +203,21 @@ class NCFMBase(DMBase):
             net.train().requires_grad_(False)  # GroupNorm: train and eval agree
         self.current = (0, 0.0)  # (pool index, coefficient) of the current iteration
         self.scheduler: Any = None
+        self.sampler: SampleNet | None = None
+        self.sampler_opt: torch.optim.Optimizer | None = None
+        if cfg.ncfm_sampler:
+            if dist.world_size() > 1:
+                raise ValueError(
+                    "--ncfm-sampler runs in one process (the sampler is shared by all classes); "
+                    "start one process or turn it off"
+                )
+            dim = int(self.net.embed_dim)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(cfg.seed, Stream.SAMPLER))
+                self.sampler = SampleNet(dim).to(device).train()
+            self.sampler_opt = torch.optim.SGD(
+                self.sampler.parameters(), lr=SAMPLER_LR, momentum=SAMPLER_MOMENTUM
+            )
         mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
         std = torch.tensor(dataset.std).view(1, -1, 1, 1)
         self.mean, self.std = mean.to(device), std.to(device)
@@ -224,8 +276,22 @@ class NCFMBase(DMBase):
     ) -> list[DSAParams]:
         return ncfm_augmentation(size, gen, "none" if strategy == "none" else NCFM_STRATEGY)
 
-    def frequencies(self, dim: int, gen: torch.Generator) -> torch.Tensor:
+    def frequencies(self, dim: int, gen: torch.Generator) -> torch.Tensor | SampledFrequencies:
+        if self.sampler is not None:
+            noise = torch.randn(SAMPLER_NOISE_ROWS, dim, generator=gen)
+            return SampledFrequencies(noise, self.sampler)
         return draw_frequencies(self.cfg.num_freqs, dim, gen)
+
+    def after_match_step(self) -> None:
+        """The sampler's ascent step on the match loss just back-propagated: its gradient is
+        that loss's alone (cleared after every step), negated to maximise the loss."""
+        if self.sampler is None or self.sampler_opt is None:
+            return
+        for p in self.sampler.parameters():
+            if p.grad is not None:
+                p.grad.neg_()
+        self.sampler_opt.step()
+        self.sampler_opt.zero_grad(set_to_none=True)
 
     # the image optimiser -----------------------------------------------------------------------
 
@@ -252,7 +318,14 @@ class NCFMBase(DMBase):
     # checkpoints -------------------------------------------------------------------------------
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
+        if self.sampler is None or self.sampler_opt is None:
+            return {}
+        out = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
+        for name, p in self.sampler.named_parameters():
+            buf = self.sampler_opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"sampler_momentum.{name}"] = buf
+        return out
 
     def state_meta(self) -> dict[str, Any]:
         if self.scheduler is None:
@@ -262,6 +335,13 @@ class NCFMBase(DMBase):
         return {"plateau": json.dumps(state)}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if self.sampler is not None and self.sampler_opt is not None:
+            state = {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
+            self.sampler.load_state_dict(state)
+            for name, p in self.sampler.named_parameters():
+                key = f"sampler_momentum.{name}"
+                if key in tensors:
+                    self.sampler_opt.state[p]["momentum_buffer"] = tensors[key].to(p.device).clone()
         if self.scheduler is None or "plateau" not in meta:
             return
         state = json.loads(meta["plateau"])

@@ -46,6 +46,7 @@ class Stream:
     POOL_NET = 31  # pool training: a network's initialisation
     POOL_TRAIN = 32  # pool training: batches, augmentation and CutMix of (network, epoch)
     CALIB = 33  # NCFM: the augmentation of (iteration, class)'s cross-entropy step
+    SAMPLER = 34  # NCFM: the frequency sampler's initialisation
     EVAL_MODEL = 10
     EVAL_TRAIN = 11
     HERDING_MODEL = 21
