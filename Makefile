@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README.md):
 #   make demo   - set up .venv, condense the embedded digits dataset with DM, compare with random
 #   make test   - set up .venv, run the test suite (the command CI runs)
+#   make docs   - add the docs extra to .venv, build the documentation site (mkdocs --strict)
 # TORCH pins the CPU build this project is developed with; override for GPUs, e.g.
 #   make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu124"
 PYTHON ?= python3
@@ -8,7 +9,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+DOCS_STAMP := $(VENV)/.docs-installed
+
+.PHONY: demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +31,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install --quiet -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info

@@ -5,9 +5,9 @@ the same real images (the random-subset row *is* that initial draw), and evaluat
 same protocol, models seeded alike. Finished rows are reused (run folders are resumable), so
 an interrupted benchmark continues where it stopped.
 
-    # issue 2: DM vs random vs herding on CIFAR-10 at a reduced CPU budget
+    # DM vs random vs herding on CIFAR-10 at a reduced CPU budget
     python benchmarks/compare.py --rows random herding dm --out runs/c10
-    # issue 3: the DDM ablation at the same budget
+    # the DDM ablation at the same budget
     python benchmarks/compare.py --rows dm dm+mm dm+cm dm+style dm+icd ddm --out runs/c10
 
 A row is a name from ROWS or ``name=method:key=value,key=value`` (CondenseConfig fields),
@@ -43,8 +43,8 @@ ROWS: dict[str, tuple[str, dict]] = {
     "random": ("random", {}),
     "herding": ("herding", {}),
     "dm": ("dm", {}),
-    # DDM's paper form (METHOD.md 4): the ablation of issues 3-4; `--method ddm` alone is now
-    # the released form, compared in benchmarks/evidence.py
+    # DDM's paper form (docs/method.md, 'DDM, paper form'), spelled out so the ablation's rows
+    # stay the paper form whatever `--method ddm` defaults to
     "dm+mm": ("ddm", {"form": "paper", "w_cm": 0.0, "w_icd": 0.0}),
     "dm+cm": ("ddm", {"form": "paper", "w_mm": 0.0, "w_icd": 0.0}),
     "dm+style": ("ddm", {"form": "paper", "w_icd": 0.0}),
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument(
         "--precision",
         default="fp32",
-        help="the evaluation's training precision, auto | fp32 | bf16 (fp32: README's tables)",
+        help="the evaluation's training precision, auto | fp32 | bf16 (fp32: the published tables)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -129,7 +129,7 @@ def main() -> None:
                 seed=args.seed,
                 device=args.device,
                 checkpoint_every=50,
-                # float32 unless a row says otherwise: the README's tables were made so
+                # float32 unless a row says otherwise: the results in docs/results were made so
                 **{"precision": "fp32", **overrides},
             )
             done = (folder / META_FILE).exists() and (

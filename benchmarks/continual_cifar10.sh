@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Class-incremental CIFAR-10 with condensed memories (METHOD.md section 7, the quick protocol)
-# at a reduced CPU budget: 5 steps of 2 new classes, a memory of 10 images per class (random
-# subset, DM, DDM, IDM), 100 condensation iterations per step with 64 real images per class,
-# 2 class orders x 2 fresh ConvNets per step trained 60 epochs (about 1.5 h on 2 CPU cores,
-# plus about 1.5 h for IDM).
+# Class-incremental CIFAR-10 with condensed memories (docs/method.md, 'Continual learning', the
+# quick protocol) at a reduced CPU budget: 5 steps of 2 new classes, a memory of 10 images per
+# class (random subset, DM, DDM, IDM), 100 condensation iterations per step with 64 real images
+# per class, 2 class orders x 2 fresh ConvNets per step trained 60 epochs (about 1.5 h on 2 CPU
+# cores, plus about 1.5 h for IDM).
 # Closer to the paper: --iterations 20000 --batch-real 256 --orders 5 --runs 3 --epochs 1000.
 # One run folder per method in runs/continual/<method>, then runs/continual/continual.png.
 #
@@ -31,9 +31,9 @@ fi
 for method in "${METHODS[@]}"; do
     echo "== continual CIFAR-10: $method =="
     extra=()
-    if [[ $method == idm ]]; then  # IDM's queue training reduced as in README's IDM rows
+    if [[ $method == idm ]]; then  # IDM's queue training reduced as in the IDM rows of docs/results
         extra=(--set model_batch=64 --set model_train_steps=5)
-    elif [[ $method == ddm ]]; then  # the README table's DDM row is the paper form
+    elif [[ $method == ddm ]]; then  # the published DDM row is the paper form
         extra=(--form paper)
     fi
     "$DDM" continual \

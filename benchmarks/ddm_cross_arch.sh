@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9, Table D: Table A's ipc-10 sets of DM, paper-form DDM and released DDM trained with
+# Table D: Table A's ipc-10 sets of DM, paper-form DDM and released DDM trained with
 # other architectures (the ConvNet column is Table A's).
 #
 # Budget (CPU): the 500-iteration sets of runs/ev/a (benchmarks/ddm_evidence.sh), seeds 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9's evidence on CIFAR-10 (README, "DDM: paper form vs released form"): two lanes, one
+# DDM vs DM on CIFAR-10 (docs/results/ddm-vs-dm.md): two lanes, one
 # per condensation seed, one thread each, side by side. Every step is resumable/cached, so
 # rerunning continues where it stopped.
 #
@@ -32,4 +32,4 @@ lane 0 "${WAIT_PID0:-}" > "$OUT.lane0.log" 2>&1 &
 lane 1 "${WAIT_PID1:-}" > "$OUT.lane1.log" 2>&1 &
 wait
 $EV report --out "$OUT" --epochs 200 --runs 3 --results benchmarks/results/table_a \
-    --figure docs/ddm_gain_vs_iterations.png
+    --figure docs/img/ddm_gain_vs_iterations.png

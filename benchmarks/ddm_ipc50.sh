@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 9, Table C: ipc 50 at a short budget -- DM, paper-form DDM, released DDM.
+# Table C: ipc 50 at a short budget -- DM, paper-form DDM, released DDM.
 #
 # Budget (CPU): CIFAR-10 ipc 50, 200 iterations, batch_real 128, seeds 0 and 1, condensed under
-# bf16 autocast (every row alike; issue 11's check put bf16 within 0.5 points of float32 at ipc 10);
+# bf16 autocast (every row alike; bf16 sets scored within 0.5 points of float32 ones at ipc 10);
 # ConvNet 200 epochs x 3 models per set (6 per row), trained in float32. One lane of one
 # thread (a 500-image set trains 5x as long per epoch as Table A's); resumable, cached: a set's
 # models are reused, so RUNS=5 after RUNS=3 trains only the fourth and fifth of each set.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9, Figure B past Table A's budget: does the gain over DM grow with the iterations?
+# Figure B past Table A's budget: does the gain over DM grow with the iterations?
 #
 # Copies Table A's DM, paper-DDM and released-DDM runs (runs/ev/a, 500 iterations) into OUT
 # (runs/ev/b; Table A itself stays at 500) and continues them to ITERS iterations, keeping the
@@ -44,4 +44,4 @@ done
 # shellcheck disable=SC2086
 $EV report "${C[@]}" --rows dm ddm-paper ddm --epochs 200 --runs 3 --pairs dm:ddm-paper dm:ddm \
     --by-iteration --results benchmarks/results/figure_b \
-    --figure docs/ddm_gain_vs_iterations_long.png --figure-seeds $FIGURE_SEEDS
+    --figure docs/img/ddm_gain_vs_iterations_long.png --figure-seeds $FIGURE_SEEDS

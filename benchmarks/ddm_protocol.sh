@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9, Figure B under the evaluation protocol's training length (METHOD.md section 6:
+# Figure B under the evaluation protocol's training length (docs/method.md, 'Evaluation protocol':
 # 1,000 epochs, lr x 0.1 at half) instead of the reduced 200 epochs of Tables A-D.
 #
 # Evaluates the sets that benchmarks/ddm_longer.sh left in OUT (runs/ev/b) at ITERS with

@@ -1,4 +1,4 @@
-"""DDM vs DM evidence (issue 9): several condensation seeds, snapshots, several architectures.
+"""DDM vs DM evidence: several condensation seeds, snapshots, several architectures.
 
 Three phases over one output folder, each resumable (finished work is reused):
 
@@ -85,7 +85,7 @@ def cmd_condense(args: argparse.Namespace) -> None:
     stages = sorted({*args.snapshots, args.iterations})
     for spec in args.rows:
         name, method, overrides = parse_row(spec)
-        # float32 unless a row says otherwise: the README's tables were made so
+        # float32 unless a row says otherwise: the results in docs/results were made so
         overrides = {"precision": "fp32", **overrides}
         for seed in args.seeds:
             folder = Path(args.out) / name / f"s{seed}"
@@ -138,7 +138,7 @@ def _set_folders(out: Path, snapshots: bool) -> list[Path]:
 
 
 def _precision(name: str, device: str) -> str:
-    """``auto`` resolved on this machine, so cached evaluations are found by what they used."""
+    """``auto`` resolved here, so cached evaluations are found by what they used."""
     from ddm.runtime import resolve_device, resolve_precision
 
     return resolve_precision(name, resolve_device(device))

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Issue 11's quality check: sets condensed under bf16 autocast against float32 (same seed,
+# The precision quality check: sets condensed under bf16 autocast against float32 (same seed,
 # budget and initial images), DM and both DDM forms, all scored by the same float32 evaluation.
 # Condensation defaults to `--precision auto` because every pair scored within 0.5 points at
-# Table A's budget (README, "Quality check").
+# Table A's budget (docs/results/precision.md).
 #
 # Budget (CPU): CIFAR-10 ipc 10, 200 iterations, batch_real 128, seed 0; ConvNet 200 epochs x 3
 # models per set. Two lanes of one thread each (DM pair, DDM pair); resumable, cached. The
-# report goes to OUT/precision_quality.{md,json}; the README's (500 iterations, seeds 0 and 1)
+# report goes to OUT/precision_quality.{md,json}; the published one (500 iterations, seeds 0 and 1)
 # came from Table A's folder: benchmarks/results/precision_quality.{md,json}.
 #
 #   benchmarks/precision_quality.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wall time of one fixed job on 1 process vs N processes (torchrun, gloo), one thread each:
-# CIFAR-10 ipc 10, DM, 20 iterations (README, "Scaling"). Runs sequentially.
+# CIFAR-10 ipc 10, DM, 20 iterations (docs/performance.md, 'Several processes'). Runs sequentially.
 #   benchmarks/scaling.sh [DATA_ROOT] [OUT] [N]
 set -euo pipefail
 ROOT=${1:-../shared/data}

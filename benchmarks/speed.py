@@ -14,7 +14,8 @@ default allocator behaviour) in the same way, for scale.
     python benchmarks/speed.py --ipc 10 --methods idm --set model_batch=64 --set model_train_steps=5
 
 Methods: dm, ddm (the default form), ddm-paper, ddm-released, idm, ddm-idm (DDM's terms on the
-IDM base, default form), ddm-paper-idm, ddm-released-idm, reference-style.
+IDM base, default form), ddm-paper-idm, ddm-released-idm, ncfm, ddm-ncfm, ddm-released-ncfm
+(the NCFM rows need ``--pool DIR``), reference-style.
 
 ``--paired`` times several methods in ONE process, their iterations interleaved (dm, ddm, dm,
 ddm, ...), so a busy machine slows every method alike and the ratios stay meaningful:
@@ -24,7 +25,7 @@ ddm, ...), so a busy machine slows every method alike and the ratios stay meanin
 A method name with ``+compile`` (``dm+compile``) is its ``--compile`` row in the same process;
 its warm-up iteration compiles, and its FLOPs are counted on the eager row's.
 
-Every claim is a ratio to the hardware: ``--paired`` first measures this machine's matmul
+Every claim is a ratio to the hardware: ``--paired`` first measures the machine's matmul
 throughput (GFLOPS, 2048 x 2048, float32 and bf16), counts each method's FLOPs in one iteration
 (``torch.utils.flop_counter``: convolutions and matrix products, forward and backward) and
 prints, beside the seconds per iteration, the *floor* = FLOPs / peak of the precision used.
@@ -126,6 +127,9 @@ METHODS = {
     "ddm-idm": ("ddm", {"base": "idm"}),
     "ddm-paper-idm": ("ddm", {"base": "idm", "form": "paper"}),
     "ddm-released-idm": ("ddm", {"base": "idm", "form": "released"}),
+    "ncfm": ("ncfm", {}),
+    "ddm-ncfm": ("ddm", {"base": "ncfm"}),
+    "ddm-released-ncfm": ("ddm", {"base": "ncfm", "form": "released"}),
 }
 
 
@@ -167,6 +171,10 @@ def _make_run(args, name: str, ipc: int, dataset, precision: str | None = None):
     if precision is not None:
         extra["precision"] = precision
     extra.update(parse_overrides(args.set))  # CondenseConfig fields, KEY=VALUE
+    if method == "ncfm" or extra.get("base") == "ncfm":
+        if not getattr(args, "pool", None):
+            raise SystemExit(f"{name} needs --pool DIR (a pool made by `ddm pool`)")
+        extra["pool"] = args.pool
     cfg = CondenseConfig(
         dataset="cifar10",
         data_root=args.data_root,
@@ -345,6 +353,7 @@ def main() -> None:
         help="a CondenseConfig field for every row, e.g. model_train_steps=5 (repeatable)",
     )
     p.add_argument("--paired", action="store_true", help="interleave methods in one process")
+    p.add_argument("--pool", default=None, help="pool of trained networks for the NCFM rows")
     p.add_argument(
         "--precision",
         nargs="+",
@@ -396,6 +405,8 @@ def main() -> None:
             cmd.append("--compile")
         for item in args.set:
             cmd += ["--set", item]
+        if args.pool:
+            cmd += ["--pool", args.pool]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:

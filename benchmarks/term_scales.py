@@ -10,7 +10,7 @@ over classes and averaged over the steps:
 - ``cos to mmd``: cosine between that gradient and the content term's (L_MMD) gradient
   (negative: the term pulls the pixels against the content term).
 
-This is the evidence issue 9 asks for when a term does not pay: is it too small to matter, too
+This is the evidence to look at when a term does not pay: is it too small to matter, too
 large (drowning L_MMD), or pulling against it?
 
     python benchmarks/term_scales.py runs/ev/a/ddm/s0 runs/ev/a/ddm-paper/s0 --steps 3

@@ -51,6 +51,22 @@ def test_speed_measures_every_base(tmp_path, method):
         assert 0 < row["queue"] < row["sec"]
 
 
+def test_speed_times_an_ncfm_iteration(tmp_path):
+    from ddm.pool import PoolConfig, train_pool
+
+    root = _cifar(tmp_path)
+    cfg = PoolConfig(dataset="cifar10", data_root=str(root), networks=1, epochs=1)
+    train_pool(cfg, tmp_path / "pool", progress=False)
+    cmd = [sys.executable, str(BENCH / "speed.py"), "--one", "--method", "ncfm"]
+    cmd += ["--ipc-one", "1", "--data-root", str(root), "--batch-real", "4", "--iters", "1"]
+    cmd += ["--threads", "1", "--set", "num_freqs=32", "--pool", str(tmp_path / "pool")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["method"] == "ncfm" and row["sec"] > 0 and row["bare"] > 0
+
+
 def _compare():
     spec = importlib.util.spec_from_file_location("compare", BENCH / "compare.py")
     module = importlib.util.module_from_spec(spec)

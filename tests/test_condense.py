@@ -355,7 +355,7 @@ def test_parse_overrides_types_and_errors():
             parse_overrides([bad])
 
 
-# --- DDM's released form (METHOD.md 4b) --------------------------------------------------------
+# --- DDM's released form (docs/method.md, 'DDM, released form') ---------------------------------
 
 # The released weights are calibrated on CIFAR-10; on 8x8 digits the conv tap's Gram term
 # diverges at lr 1.0 within a few steps, so the digits tests use a smaller image step.

@@ -217,7 +217,7 @@ def test_layer_mismatch_raises():
         moments_loss([torch.rand(2, 1, 2, 2)], [])
 
 
-# --- the released form (METHOD.md 4b) ----------------------------------------------------------
+# --- the released form (docs/method.md, 'DDM, released form') -----------------------------------
 
 from ddm.losses import (  # noqa: E402
     default_spread_rank,
@@ -403,7 +403,7 @@ def test_style_spread_hand_value_and_zero_for_one_image():
     assert style_spread_loss([real], [syn[:1]]).item() == 0.0
 
 
-# --- the real batch's mean Gram matrix (issue 11) ---------------------------------------------
+# --- the real batch's mean Gram matrix ----------------------------------------------------------
 
 
 def _old_mean_gram(maps):

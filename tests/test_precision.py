@@ -1,4 +1,4 @@
-"""--precision auto | fp32 | bf16: the automatic choice, and bf16 runs end to end (issue 11)."""
+"""--precision auto | fp32 | bf16: the automatic choice, and bf16 runs end to end."""
 
 from __future__ import annotations
 

@@ -255,8 +255,15 @@ def sample_params(
     return DSAParams(group=group, values=sampler(1 if siamese else n, (h, w), generator))
 
 
-def apply(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
-    """Apply one draw to a batch x (N, C, H, W); differentiable with respect to x."""
+def apply(x: torch.Tensor, params: DSAParams | Sequence[DSAParams]) -> torch.Tensor:
+    """Apply one draw to a batch x (N, C, H, W); differentiable with respect to x.
+
+    A sequence of draws is applied in order (NCFM's augmentation applies every group).
+    """
+    if not isinstance(params, DSAParams):
+        for p in params:
+            x = apply(x, p)
+        return x
     if params.group == _NONE:
         return x
     if params.group not in GROUPS:

@@ -1,14 +1,16 @@
 """The two bases of the condensation loop: how networks are sampled, how images are stored.
 
-- ``DMBase`` (METHOD.md 3): a freshly initialised network every iteration, images stored as
+- ``DMBase`` (docs/method.md, 'DM'): a freshly initialised network every iteration, images stored as
   they are matched, one image step per iteration.
-- ``IDMBase`` (METHOD.md 5): a queue of networks that are trained between iterations, each
+- ``IDMBase`` (docs/method.md, 'IDM'): a queue of networks that are trained between iterations, each
   stored image holding ``factor`` x ``factor`` sub-images that are expanded before matching,
   the class-aware cross-entropy term, and one image step per class.
 
 The loop (``ddm.condense``) asks a base for the network of an iteration, the images to match
-(``expand``), the cross-entropy weight, and calls ``after_iteration``; everything else (the
-objective, DSA, checkpoints) is shared. A base's state goes into the checkpoint via
+(``expand``), the cross-entropy weight, the image optimiser, the augmentation draw and (NCFM,
+``ddm.ncfm``) the frequencies, the storage space of the images and the cross-entropy steps
+after matching, and calls ``begin_iteration`` / ``end_iteration`` / ``after_iteration``;
+everything else (the objective, checkpoints) is shared. A base's state goes into the checkpoint via
 ``state_tensors`` / ``state_meta`` so that a resumed run continues exactly.
 """
 
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed as dist
+from .augment import DSAParams, sample_params
 from .config import CondenseConfig
 from .data import Dataset
 from .io import expand
@@ -102,6 +105,45 @@ class DMBase:
 
     def ce_weight(self) -> float:
         return 0.0
+
+    def probe_network(self) -> nn.Module:
+        """A network of the run's architecture (to check its norm layers)."""
+        return self.network(0)
+
+    def store(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised initial images -> the tensor the optimiser moves (DM, IDM: the same)."""
+        return images
+
+    def unstore(self, images: torch.Tensor) -> torch.Tensor:
+        """The optimised tensor -> normalised images (what the set files hold)."""
+        return images
+
+    def begin_iteration(self, images: torch.Tensor) -> None:
+        """Work on the stored images before an iteration (none for DM, IDM)."""
+
+    def augmentation(
+        self, strategy: str, n: int, size: tuple[int, int], gen: torch.Generator
+    ) -> DSAParams:
+        """The Siamese DSA draw of one class and iteration."""
+        return sample_params(strategy, n, size, gen, siamese=True)
+
+    def frequencies(self, dim: int, gen: torch.Generator) -> torch.Tensor | None:
+        """The characteristic function's frequencies of one class (NCFM); None: DM's MMD."""
+        return None
+
+    def calibration(self) -> tuple[nn.Module, float] | None:
+        """Network and weight of the cross-entropy steps after matching (NCFM); None: none."""
+        return None
+
+    def optimizer(self, images: torch.Tensor) -> torch.optim.Optimizer:
+        """The image optimiser: SGD with momentum (DM, IDM)."""
+        return torch.optim.SGD([images], lr=self.cfg.lr_img, momentum=self.cfg.momentum)
+
+    def after_match_step(self) -> None:
+        """Called after each image step of matching (NCFM's sampler ascends here)."""
+
+    def end_iteration(self, loss: float) -> None:
+        """Called with the iteration's loss (summed over classes and ranks)."""
 
     def after_iteration(self, iteration: int) -> float:
         """Work between iterations; returns its seconds (0 for DM)."""
@@ -185,6 +227,9 @@ class IDMBase(DMBase):
     def ce_weight(self) -> float:
         return self.cfg.ce_weight * self.accs[self.current]
 
+    def probe_network(self) -> nn.Module:
+        return self.nets[0]
+
     def after_iteration(self, iteration: int) -> float:
         import time
 
@@ -253,4 +298,8 @@ class IDMBase(DMBase):
 
 
 def make_base(cfg: CondenseConfig, dataset: Dataset, device: torch.device) -> DMBase:
+    if cfg.base == "ncfm":
+        from .ncfm import NCFMBase
+
+        return NCFMBase(cfg, dataset, device)
     return IDMBase(cfg, dataset, device) if cfg.base == "idm" else DMBase(cfg, dataset, device)

@@ -50,11 +50,11 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
         "--holdout N` tests on them); 0: none",
     ),
     ("ipc", int, "images per class"),
-    ("method", str, "dm | ddm | idm"),
-    ("base", str, "base of ddm: dm | idm (default dm)"),
+    ("method", str, "dm | ddm | idm | ncfm"),
+    ("base", str, "base of ddm: dm | idm | ncfm (default dm)"),
     ("iterations", int, "condensation iterations"),
     ("batch-real", int, "real images per class and iteration"),
-    ("lr-img", float, "image learning rate (default 1.0 on DM, 0.2 on IDM)"),
+    ("lr-img", float, "image learning rate (default 1.0 on DM, 0.2 on IDM, 1e-3 on NCFM)"),
     ("momentum", float, "image optimiser momentum"),
     ("init", str, "real | noise"),
     ("model", str, "matching network"),
@@ -82,6 +82,15 @@ _CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
     ("model-train-steps", int, "IDM SGD steps per trained queue model"),
     ("model-batch", int, "IDM real images per queue-training step"),
     ("model-lr", float, "IDM queue-model learning rate"),
+    ("pool", str, "NCFM: folder of trained networks made by `ddm pool`"),
+    ("num-freqs", int, "NCFM: Gaussian frequencies per class and iteration (ncfm default 4096)"),
+    ("optimizer-img", str, "NCFM image optimiser: adamw (ncfm default) | sgd"),
+    (
+        "ncfm-sampler",
+        _bool,
+        "NCFM: frequencies from a sampler network trained to maximise the loss (64 frequencies, "
+        "4 distinct; one process only)",
+    ),
     (
         "precision",
         str,
@@ -260,6 +269,28 @@ def cmd_condense(args: argparse.Namespace) -> int:
         allow_changes=[n for item in args.allow_change for n in item.split(",") if n],
     )
     dist.echo(_summary(Path(args.out)))
+    return 0
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    from .pool import PoolConfig, train_pool
+
+    cfg = PoolConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        model=args.model,
+        depth=args.depth,
+        networks=args.networks,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    manifest = train_pool(cfg, args.out, progress=not args.quiet)
+    accs = [n["test_accuracy"] for n in manifest["networks"]]
+    mean = sum(accs) / len(accs) if accs else float("nan")
+    print(f"{args.out}: {len(accs)} networks, mean test accuracy {mean:.2f}%")
     return 0
 
 
@@ -576,6 +607,31 @@ def build_parser() -> argparse.ArgumentParser:
         "each change is recorded in meta.json",
     )
     p.set_defaults(func=cmd_condense)
+
+    from .pool import PoolConfig
+
+    pool_defaults = PoolConfig()
+    p = sub.add_parser(
+        "pool",
+        help="train networks on the real data for NCFM (initial and final weights kept)",
+        description="Train --networks networks with NCFM's pretraining recipe (SGD lr 0.01, "
+        "momentum 0.9, weight decay 5e-4, lr x0.2 at 2/3 and 5/6 of the epochs, batch 128, "
+        "per-sample colour + crop and CutMix). Rerun the same command to continue.",
+    )
+    p.add_argument("--dataset", default=pool_defaults.dataset, help="dataset name (%(default)s)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
+    p.add_argument("--model", default=pool_defaults.model, help="network (%(default)s)")
+    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: by resolution)")
+    p.add_argument("--networks", type=int, default=pool_defaults.networks, help="(%(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=pool_defaults.epochs, help="per network (%(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=pool_defaults.batch_size, help="(%(default)s)")
+    p.add_argument("--lr", type=float, default=pool_defaults.lr, help="(%(default)s)")
+    p.add_argument("--seed", type=int, default=pool_defaults.seed, help="(%(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--out", required=True, help="pool folder (continued if it holds a pool)")
+    p.set_defaults(func=cmd_pool)
 
     p = sub.add_parser("evaluate", help="train fresh networks on condensed sets, test them")
     p.add_argument(

@@ -1,9 +1,9 @@
 """The condensation loop shared by DM, DDM (and the IDM base).
 
-One iteration (METHOD.md sections 3-4): take a randomly initialised, frozen network; for every
-class draw a real batch and one Siamese DSA draw shared by the real batch and the synthetic
-images of that class; compare them through the objective (a weighted sum of terms); take one
-SGD step on the pixels.
+One iteration (docs/method.md, 'DM' and 'DDM, paper form'): take a randomly initialised,
+frozen network; for every class draw a real batch and one Siamese DSA draw shared by the real
+batch and the synthetic images of that class; compare them through the objective (a weighted
+sum of terms); take one SGD step on the pixels.
 
 The real side needs no gradient and enters every term only through batch means (mean
 embedding, mean feature map, mean Gram matrix), so it is pushed through the network in
@@ -45,7 +45,7 @@ from torch import nn
 
 from . import __version__
 from . import distributed as dist
-from .augment import DSAParams, apply, sample_params
+from .augment import DSAParams, apply
 from .bases import init_partitioned, make_base
 from .config import ADJUSTABLE_ON_RESUME, CondenseConfig, config_from_dict
 from .data import Dataset, load_dataset
@@ -80,6 +80,13 @@ from .losses import (
     style_spread_from_stats,
 )
 from .models import uses_batchnorm
+from .ncfm import (
+    SampledFrequencies,
+    cf_loss,
+    cf_loss_from_stats,
+    cf_stats,
+    normalise_features,
+)
 from .runtime import Stream, autocast, generator, resolve_precision, tune_allocator
 
 __all__ = [
@@ -108,7 +115,7 @@ RUN_FILES = (
     "curves.png",
     "grid_expanded.png",
 )
-TERMS = ("mmd", "mm", "cm", "icd", "cd", "sd", "ce")  # logged unweighted, summed over classes
+TERMS = ("mmd", "mm", "cm", "icd", "cd", "sd", "ce", "cf")  # logged unweighted, summed over classes
 # Settings a resumed run may change (they do not change what an iteration computes).
 RESUMABLE_CHANGES = {
     "iterations",
@@ -267,7 +274,8 @@ def initial_images(
 
 @dataclass(frozen=True)
 class _Weights:
-    """The objective's terms: weights and how each is computed (METHOD.md 4 and 4b)."""
+    """The objective's terms: weights and how each is computed (docs/method.md, 'DDM, paper form'
+    and 'DDM, released form')."""
 
     w_mm: float
     w_cm: float
@@ -300,7 +308,7 @@ class CompiledEntryPoints:
     iteration to the next). The network object is re-initialised in place every iteration, so
     nothing recompiles after the first. DDM's entry points with style maps
     (``embed_and_maps``, ``embed_maps_and_moments``) stay eager: compiled, a released-DDM
-    iteration was 1.04-1.08x slower (the maps it keeps are graph outputs; README, Speed).
+    iteration was 1.04-1.08x slower (the maps it keeps are graph outputs; docs/performance.md).
     Everything else (``features``, ``classifier``, ...) is the network's own.
     """
 
@@ -329,6 +337,11 @@ class _RealStats:
     s_std: list[torch.Tensor] = dataclasses.field(default_factory=list)  # per layer C (L_SD)
     cd_dirs: torch.Tensor | None = None  # D x r principal directions (L_CD)
     cd_std: torch.Tensor | None = None  # r: real std along them
+    cf_freqs: torch.Tensor | None = None  # T x D frequencies (NCFM's L_CF replaces L_MMD)
+    cf_re: torch.Tensor | None = None  # T: real part of the real side's characteristic function
+    cf_im: torch.Tensor | None = None  # T: imaginary part
+    cf_sampled: Any = None  # NCFM's sampler: noise and sampler (frequencies with autograd)
+    cf_real: torch.Tensor | None = None  # N x D normalised real embeddings (with the sampler)
 
 
 def _features(net: nn.Module, x: torch.Tensor, weights: _Weights, moments: bool = False):
@@ -403,8 +416,12 @@ def real_statistics(
     autocast: Any,
     channels_last: bool,
     gram_dtype: torch.dtype | None = None,
+    freqs: Sequence[torch.Tensor | None] = (),
 ) -> list[_RealStats]:
     """Per-class statistics of the augmented real batches, without autograd, in chunks.
+
+    ``freqs`` (NCFM), per class: the frequencies at which the characteristic function of the
+    normalised real embeddings is taken (None or missing: not needed).
 
     ``chunk_images`` bounds the images per forward (whole classes are kept together);
     0 puts every class in one forward (required for batch norm). Maps stay in the dtype the
@@ -446,7 +463,14 @@ def real_statistics(
                         inputs[i], conv.weight, conv.bias, conv.padding, gram_dtype
                     )
                 known = [None if m is None else m[i] for m in split_moments]
-                stats.append(_class_stats(embs[i], layers, weights, gram_dtype, first, known))
+                stat = _class_stats(embs[i], layers, weights, gram_dtype, first, known)
+                k = group[i]
+                if k < len(freqs) and isinstance(freqs[k], SampledFrequencies):
+                    stat.cf_sampled, stat.cf_real = freqs[k], normalise_features(embs[i])
+                elif k < len(freqs) and freqs[k] is not None:
+                    stat.cf_freqs = freqs[k].to(device)
+                    stat.cf_re, stat.cf_im = cf_stats(normalise_features(embs[i]), stat.cf_freqs)
+                stats.append(stat)
                 if spread:
                     spread_embs.append(embs[i])
             c += len(group)
@@ -498,7 +522,16 @@ def objective(
     w = weights
     for c, stat in enumerate(real):
         syn_maps = [layer[c] for layer in layer_maps]
-        parts = {"mmd": (1.0, mmd_from_stats(stat.emb, embs[c]))}
+        if stat.cf_sampled is not None:  # NCFM with its sampler: frequencies with autograd
+            freqs = stat.cf_sampled.frequencies(embs[c].device)
+            parts = {"cf": (1.0, cf_loss(stat.cf_real, normalise_features(embs[c]), freqs))}
+        elif stat.cf_freqs is not None:  # NCFM: the characteristic-function discrepancy
+            cf = cf_loss_from_stats(
+                stat.cf_re, stat.cf_im, normalise_features(embs[c]), stat.cf_freqs
+            )
+            parts = {"cf": (1.0, cf)}
+        else:
+            parts = {"mmd": (1.0, mmd_from_stats(stat.emb, embs[c]))}
         if w.w_mm > 0 and w.moments == "persample":
             mm = persample_moments_from_stats(stat.mu, stat.s, syn_maps, w.relative)
             parts["mm"] = (w.w_mm, mm)
@@ -570,13 +603,15 @@ class _Run:
             images, self.labels = init_partitioned(dataset, cfg.ipc, self.base.factor, gen)
         else:
             images, self.labels = initial_images(dataset, cfg.ipc, cfg.init, gen)
+        images = self.base.store(images)  # NCFM optimises pixels in [0, 1]
         rows = slice(self.classes.start * cfg.ipc, self.classes.stop * cfg.ipc)
         self.images = images[rows].to(self.device).requires_grad_(True)  # this shard's rows
-        self.optimizer = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.optimizer = self.base.optimizer(self.images)
         self.iteration = 0
         self.changes: list[dict[str, Any]] = []  # settings changed on resume (meta.json)
-        probe = self.base.network(0) if cfg.base == "dm" else self.base.nets[0]
+        probe = self.base.probe_network()
         self.batchnorm = uses_batchnorm(probe)
+        self.embed_dim = int(getattr(probe, "embed_dim", 0))
         if self.batchnorm and dist.world_size() > 1:
             raise ValueError(
                 f"--model {cfg.model} uses batch norm, whose statistics mix all classes in one "
@@ -603,13 +638,15 @@ class _Run:
     def step(self) -> tuple[float, dict[str, float]]:
         cfg, it, n_classes = self.cfg, self.iteration, self.dataset.num_classes
         net = self._forward_net(self.base.network(it))
+        self.base.begin_iteration(self.images)
         size = (self.dataset.image_size, self.dataset.image_size)
         first = self.classes.start
-        batches, params = [], []  # this rank's classes, each from its own generator
+        batches, params, freqs = [], [], []  # this rank's classes, each from its own generator
         for c in self.classes:
             gen = generator(cfg.seed, Stream.ITER, it, c)
             batches.append(self.dataset.class_batch(c, cfg.batch_real, gen))
-            params.append(sample_params(self.strategy, self.per_class, size, gen, siamese=True))
+            params.append(self.base.augmentation(self.strategy, self.per_class, size, gen))
+            freqs.append(self.base.frequencies(self.embed_dim, gen))
         real = real_statistics(
             net,
             batches,
@@ -620,6 +657,7 @@ class _Run:
             self.autocast,
             cfg.channels_last,
             self.gram_dtype,
+            freqs,
         )
         ce = self.base.ce_weight()
         if self.base.per_class_steps:  # IDM: one image step per class, for every class
@@ -656,9 +694,14 @@ class _Run:
                 break
             loss.backward()
             self.optimizer.step()
+            self.base.after_match_step()
             total += value
             for name, v in parts.items():
                 terms[name] += v
+        calibration = self.base.calibration() if not bad else None
+        if calibration is not None:  # NCFM: one cross-entropy step per class after matching
+            value, bad = self._calibration_steps(*calibration)
+            terms["ce"] = value
         # the log's sums over all classes, and whether any rank met a NaN/inf
         summed = dist.all_reduce_sum(
             torch.tensor([total, *terms.values(), bad], dtype=torch.float64, device=self.device)
@@ -667,9 +710,40 @@ class _Run:
         if summed[-1] > 0:
             raise NonFiniteLossError(f"loss became {total} at iteration {it + 1}")
         terms = dict(zip(terms, values, strict=True))
+        self.base.end_iteration(total)
         terms["queue_s"] = self.base.after_iteration(it)
         self.iteration += 1
         return total, terms
+
+    def _calibration_steps(self, net: nn.Module, weight: float) -> tuple[float, float]:
+        """One step per class on weight x CE(net(A(syn_c)), c), every class in turn (another
+        rank's class: a zero-gradient step, as in the match steps). Returns (the summed
+        unweighted CE of this rank's classes, 1.0 if one was not finite)."""
+        cfg, it = self.cfg, self.iteration
+        size = (self.dataset.image_size, self.dataset.image_size)
+        first, total = self.classes.start, 0.0
+        for c in range(self.dataset.num_classes):
+            self.optimizer.zero_grad(set_to_none=True)
+            if c not in self.classes:
+                self.images.grad = torch.zeros_like(self.images)
+                self.optimizer.step()
+                continue
+            lo, hi = (c - first) * cfg.ipc, (c + 1 - first) * cfg.ipc
+            labels = self.labels[c * cfg.ipc : (c + 1) * cfg.ipc]
+            syn, _ = self.base.expand(self.images[lo:hi], labels)
+            gen = generator(cfg.seed, Stream.CALIB, it, c)
+            x = apply(syn, self.base.augmentation(self.strategy, len(syn), size, gen))
+            with self.autocast:
+                logits = net(x)
+            target = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            loss = F.cross_entropy(logits.float(), target)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return value, 1.0
+            (weight * loss).backward()
+            self.optimizer.step()
+            total += value
+        return total, 0.0
 
     # checkpoints ------------------------------------------------------------------------------
 
@@ -684,9 +758,13 @@ class _Run:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The checkpoint's tensors, whole set (collective: every rank must call it)."""
         tensors = {"images": self._gather(self.images.detach())}
-        buf = self.optimizer.state.get(self.images, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors["momentum"] = self._gather(buf)
+        for name, value in sorted(self.optimizer.state.get(self.images, {}).items()):
+            key = "momentum" if name == "momentum_buffer" else f"optimizer.{name}"
+            if not torch.is_tensor(value):
+                continue
+            # per-pixel state is gathered from every rank; scalars (AdamW's step) agree
+            per_pixel = value.shape == self.images.shape
+            tensors[key] = self._gather(value) if per_pixel else value.detach().cpu().clone()
         return {**tensors, **self.base.state_tensors()}
 
     def load_state(
@@ -699,6 +777,11 @@ class _Run:
             self.optimizer.state[self.images]["momentum_buffer"] = (
                 self._rows(tensors["momentum"]).to(self.device).clone()
             )
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                per_pixel = value.dim() > 0
+                value = self._rows(value).to(self.device) if per_pixel else value
+                self.optimizer.state[self.images][key.split(".", 1)[1]] = value.clone()
         self.base.load_state(tensors, meta)
         self.iteration = iteration
 
@@ -729,7 +812,7 @@ class _Run:
             meta["holdout"] = d.held_out
         if self.changes:
             meta["changes"] = self.changes
-        images = self._gather(self.images.detach())
+        images = self.base.unstore(self._gather(self.images.detach()))
         return SyntheticSet(images.cpu().clone(), self.labels.clone(), meta)
 
     def save(self) -> None:

@@ -1,6 +1,6 @@
 """Settings as frozen dataclasses. The CLI and preset files only fill these in.
 
-``CondenseConfig.resolved()`` turns the method's defaults (METHOD.md) into explicit values;
+``CondenseConfig.resolved()`` turns the method's defaults (docs/method.md) into explicit values;
 every run writes the resolved settings to ``config.json`` next to its outputs.
 """
 
@@ -28,17 +28,18 @@ __all__ = [
     "load_preset",
 ]
 
-METHODS = ("dm", "ddm", "idm")
-BASES = ("dm", "idm")
+METHODS = ("dm", "ddm", "idm", "ncfm")
+BASES = ("dm", "idm", "ncfm")
+IMAGE_OPTIMIZERS = ("sgd", "adamw")
 INITS = ("real", "noise")
 TAPS = ("act", "conv")
 MOMENT_ESTIMATORS = ("batch", "persample")
 # auto: bf16 autocast where the hardware runs it fast, else fp32 (ddm.runtime.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16")
-# auto for both (README, "Precision by capability"): sets condensed in bf16 scored within 0.5
-# points of float32 ones on CIFAR-10 (DM and DDM, 2 seeds x 3 models), and the same sets trained
-# in bf16 within 0.16 points; with bf16's pooling backward in closed form, bf16 condensation and
-# training are faster at every image size measured (8 x 8 to 64 x 64)
+# auto for both (docs/results/precision.md, docs/performance.md): sets condensed in bf16
+# scored within 0.5 points of float32 ones on CIFAR-10 (DM and DDM, 2 seeds x 3 models), and
+# the same sets trained in bf16 within 0.16 points; with bf16's pooling backward in closed form,
+# bf16 condensation and training are faster at every image size measured (8 x 8 to 64 x 64)
 DEFAULT_PRECISION = "auto"
 DEFAULT_EVAL_PRECISION = "auto"
 
@@ -48,8 +49,9 @@ DEFAULT_EVAL_PRECISION = "auto"
 # a lower learning rate or lower term weights. Each change is recorded in meta.json.
 ADJUSTABLE_ON_RESUME = ("lr_img", "momentum", "w_mm", "w_cm", "w_icd", "w_cd", "w_sd", "ce_weight")
 
-# DDM's two published forms (METHOD.md 4 and 4b): each a set of defaults for the settings a
-# user leaves as None. A form is settings, not a branch of the loop.
+# DDM's two published forms (docs/method.md, 'DDM, paper form' and 'DDM, released form'): each
+# a set of defaults for the settings a user leaves as None. A form is settings, not a branch of
+# the loop.
 FORMS: dict[str, dict[str, Any]] = {
     # the paper / first reference code: moments of batch-averaged post-ReLU maps, KL diversity
     "paper": {
@@ -74,20 +76,31 @@ FORMS: dict[str, dict[str, Any]] = {
         "w_sd": 0.0,
     },
 }
-# What `--method ddm` gives without --form: the form that measured best in Table A (README,
-# "DDM's two forms"; paper +0.86 over DM, released -0.02, both seeds paired, 500 iterations).
+# What `--method ddm` gives without --form: the form that measured best on CIFAR-10 at every
+# budget measured (docs/results/ddm-vs-dm.md: e.g. paper +1.88 over DM, released +0.82, both
+# seeds paired, 2,000 iterations, 1,000-epoch evaluation).
 DEFAULT_FORM = "paper"
 
-# Per-method defaults for settings left as None (METHOD.md sections 3-5). DM and IDM carry no
-# DDM term; their tap/estimator settings are inert and filled with the paper form's.
+# Per-method defaults for settings left as None (docs/method.md, 'DM', 'DDM' and 'IDM'). DM
+# and IDM carry no DDM term; their tap/estimator settings are inert and filled with the paper
+# form's.
 _NO_TERMS = {"w_mm": 0.0, "w_cm": 0.0, "w_icd": 0.0, "w_cd": 0.0, "w_sd": 0.0}
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {**FORMS["paper"], **_NO_TERMS},
     "idm": {**FORMS["paper"], **_NO_TERMS},
+    "ncfm": {**FORMS["paper"], **_NO_TERMS},
 }
 _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "dm": {"lr_img": 1.0, "factor": 1, "ce_weight": 0.0},
     "idm": {"lr_img": 0.2, "factor": 2, "ce_weight": 0.5},
+    # docs/method.md, 'NCFM': AdamW lr 1e-3, factor 2, one CE step per class (weight 1)
+    "ncfm": {
+        "lr_img": 1e-3,
+        "factor": 2,
+        "ce_weight": 1.0,
+        "optimizer_img": "adamw",
+        "num_freqs": 4096,
+    },
 }
 
 
@@ -102,8 +115,8 @@ class CondenseConfig:
     # set: `ddm evaluate --holdout N` tests on them (Dataset.holdout)
     holdout: int = 0
     ipc: int = 10
-    method: str = "dm"  # dm | ddm | idm
-    base: str | None = None  # dm | idm; None: idm for method idm, else dm
+    method: str = "dm"  # dm | ddm | idm | ncfm
+    base: str | None = None  # dm | idm | ncfm; None: idm/ncfm for methods idm/ncfm, else dm
     iterations: int = 20000
     batch_real: int = 256
     lr_img: float | None = None  # None: 1.0 on the DM base, 0.2 on IDM
@@ -126,7 +139,7 @@ class CondenseConfig:
     w_cd: float | None = None  # released bounded diversity L_CD
     cd_rank: int = 0  # L_CD's principal directions; 0: min(images per class - 1, 16)
     w_sd: float | None = None  # optional style-spread L_SD (released; off by default)
-    # IDM base (METHOD.md 5; None: the base's default)
+    # IDM base (docs/method.md, 'IDM'; None: the base's default)
     factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
     ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
     net_init: int = 3  # queue models at the start
@@ -136,6 +149,11 @@ class CondenseConfig:
     model_train_steps: int = 10  # SGD steps per trained queue model
     model_batch: int = 256  # real images per queue-training step
     model_lr: float = 0.01
+    # NCFM base (docs/method.md, 'NCFM'; None: the base's default, unused on other bases)
+    pool: str | None = None  # folder of trained networks (`ddm pool`)
+    num_freqs: int | None = None  # Gaussian frequencies per class and iteration: 4096
+    optimizer_img: str | None = None  # adamw (default) | sgd (uses lr_img and momentum)
+    ncfm_sampler: bool | None = None  # NCFM's frequency sampler psi (None/false: off)
     # precision of the network's forward: auto | fp32 | bf16 (changes the result slightly);
     # a run records the resolved fp32 | bf16 in config.json and meta.json
     precision: str = DEFAULT_PRECISION
@@ -151,19 +169,21 @@ class CondenseConfig:
         check_finite(self)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
-        base = self.base or ("idm" if self.method == "idm" else "dm")
+        base = self.base or (self.method if self.method in ("idm", "ncfm") else "dm")
         if base not in BASES:
             raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
         if self.method == "dm" and base != "dm":
-            raise ValueError("method dm runs on the dm base; use --method idm or ddm --base idm")
-        if self.method == "idm" and base != "idm":
-            raise ValueError("method idm runs on the idm base; use --method dm or ddm --base dm")
+            raise ValueError(
+                f"method dm runs on the dm base; use --method {base} or --method ddm --base {base}"
+            )
+        if self.method in ("idm", "ncfm") and base != self.method:
+            raise ValueError(f"method {self.method} runs on the {self.method} base")
         if self.method != "ddm":
             terms = [n for n in _TERM_WEIGHTS if (getattr(self, n) or 0) > 0]
             if terms:
                 raise ValueError(
                     f"method {self.method} has no DDM terms, but {', '.join(terms)} > 0 is "
-                    f"given; use --method ddm{' --base idm' if base == 'idm' else ''}, or "
+                    f"given; use --method ddm{'' if base == 'dm' else ' --base ' + base}, or "
                     "leave the DDM weights out"
                 )
         if not 0 <= self.seed < 2**63:
@@ -220,10 +240,27 @@ class CondenseConfig:
             raise ValueError("--cd-rank must be >= 0 (0: min(images per class - 1, 16))")
         if out.lr_img <= 0:
             raise ValueError("--lr-img must be positive")
-        if out.factor < 1 or (out.factor > 1 and base != "idm"):
-            raise ValueError("--factor must be >= 1, and above 1 only on the idm base")
-        if out.ce_weight < 0 or (out.ce_weight > 0 and base != "idm"):
-            raise ValueError("--ce-weight must be >= 0, and above 0 only on the idm base")
+        if out.factor < 1 or (out.factor > 1 and base == "dm"):
+            raise ValueError("--factor must be >= 1, and above 1 only on the idm or ncfm base")
+        if out.ce_weight < 0 or (out.ce_weight > 0 and base == "dm"):
+            raise ValueError("--ce-weight must be >= 0, and above 0 only on the idm or ncfm base")
+        if base == "ncfm":
+            if not out.pool:
+                raise ValueError(
+                    "the ncfm base needs --pool DIR, a pool of trained networks "
+                    "(make one with `ddm pool --dataset D --out DIR`)"
+                )
+            if out.num_freqs <= 0:
+                raise ValueError("--num-freqs must be positive")
+            if out.optimizer_img not in IMAGE_OPTIMIZERS:
+                raise ValueError(
+                    f"unknown image optimiser {out.optimizer_img!r}; "
+                    f"known: {', '.join(IMAGE_OPTIMIZERS)}"
+                )
+        elif any(getattr(out, k) is not None for k in ("pool", "num_freqs", "optimizer_img")):
+            raise ValueError("--pool, --num-freqs and --optimizer-img apply to the ncfm base only")
+        elif out.ncfm_sampler:
+            raise ValueError("--ncfm-sampler applies to the ncfm base only")
         for name in (
             "net_init",
             "net_num",
@@ -244,7 +281,7 @@ class CondenseConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The field's evaluation protocol (METHOD.md section 6); epochs/runs reducible."""
+    """The field's evaluation protocol (docs/method.md, 'Evaluation protocol'); reducible."""
 
     model: str = "convnet"
     depth: int | None = None  # ConvNet depth; None: by resolution
@@ -294,9 +331,9 @@ _BASE_SETTINGS = ("lr_img", "factor", "ce_weight")
 
 def _filled_by(method: str, form: str | None, base: str | None) -> dict[str, Any] | None:
     """The values ``resolved`` fills for (method, form, base); None for an unknown name."""
-    if method not in METHODS or (base or ("idm" if method == "idm" else "dm")) not in BASES:
+    base = base or (method if method in ("idm", "ncfm") else "dm")
+    if method not in METHODS or base not in BASES:
         return None
-    base = base or ("idm" if method == "idm" else "dm")
     if method == "ddm":
         if (form or DEFAULT_FORM) not in FORMS:
             return None

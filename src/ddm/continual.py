@@ -1,4 +1,4 @@
-"""Class-incremental learning with condensed memories (METHOD.md section 7).
+"""Class-incremental learning with condensed memories (docs/method.md, 'Continual learning').
 
 For each class order (a permutation seeded by the order index), the classes arrive in ``steps``
 equal groups. Each group is condensed on its own (a dataset holding only those classes, labels
@@ -104,7 +104,7 @@ _SET_BY_CONTINUAL = frozenset(
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """A class-incremental run; defaults are the protocol of METHOD.md section 7."""
+    """A class-incremental run; defaults: docs/method.md, 'Continual learning'."""
 
     dataset: str = "cifar100"
     data_root: str | None = None
@@ -400,7 +400,7 @@ def _resolved(settings: ContinualConfig, dataset: Dataset) -> dict[str, Any]:
     out["evaluation"] = {
         **dataclasses.asdict(ecfg),
         "seed": f"seed_for(seed, {EVAL_STREAM}, order, step)",
-        # as resolved on this machine ('auto' -> fp32 | bf16)
+        # as resolved on the machine that ran it ('auto' -> fp32 | bf16)
         "precision": resolve_precision(
             ecfg.precision, resolve_device(ecfg.device), dataset.image_size
         ),
@@ -676,9 +676,7 @@ def cmd_continual_plot(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Register ``continual`` and ``continual-plot`` on an argparse subparsers object."""
     d = ContinualConfig()
-    p = sub.add_parser(
-        "continual", help="class-incremental learning with condensed memories (METHOD.md 7)"
-    )
+    p = sub.add_parser("continual", help="class-incremental learning with condensed memories")
     p.add_argument("--dataset", default=d.dataset, help="dataset name (%(default)s)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
     p.add_argument("--image-size", type=int, default=None, help="resize target (image folders)")

@@ -1,19 +1,20 @@
 """``ddm diagnose RUN``: DDM's own analysis of a condensed set, as numbers and one figure.
 
-DDM's argument (METHOD.md section 4) is that DM's mean-embedding matching leaves two defects
-that accuracy alone does not show: the synthetic images keep a **style gap** to the real data
-(their feature maps have other per-channel moments and channel correlations), and the images
-of a class **lack diversity** (they drift towards similar embeddings). This module measures
-both for a condensed set and, as the yardstick, for a random real subset of the same size
-(``random_subset(dataset, ipc, seed)``: what "natural" images of that budget look like). It
-measures them the way each form of DDM sees them: the paper's (section 4) and the released
-one (section 4b), so that a report shows what each form's terms change.
+DDM's argument (docs/method.md, 'DDM, paper form') is that DM's mean-embedding matching leaves
+two defects that accuracy alone does not show: the synthetic images keep a **style gap** to
+the real data (their feature maps have other per-channel moments and channel correlations),
+and the images of a class **lack diversity** (they drift towards similar embeddings). This
+module measures both for a condensed set and, as the yardstick, for a random real subset of
+the same size (``random_subset(dataset, ipc, seed)``: what "natural" images of that budget look
+like). It measures them the way each form of DDM sees them: the paper's and the released one
+(docs/method.md, 'DDM, paper form' and 'DDM, released form'), so that a report shows what
+each form's terms change.
 
 Style gap, per layer l of ``ConvNet.feature_maps``, between a real batch of the class
 (``batch`` images, T) and the set's images of the class (S). Paper form, at the ``act`` tap
 (after the activation, before pooling):
 
-- ``moments``: L_MM^l of METHOD.md 4: 0.5 * (mean_k (mu_S,k - mu_T,k)^2 + mean_k
+- ``moments``: L_MM^l of the paper form: 0.5 * (mean_k (mu_S,k - mu_T,k)^2 + mean_k
   (sigma_S,k - sigma_T,k)^2), mu and sigma the per-channel spatial mean and
   sqrt(unbiased variance + 1e-5) of the batch-mean map.
 - ``gram``: L_CM^l, sum_ij (G_T - G_S)_ij^2 of the batch-mean Gram matrices
@@ -21,7 +22,7 @@ Style gap, per layer l of ``ConvNet.feature_maps``, between a real batch of the 
 
 Released form, at the ``conv`` tap (each block's convolution output, before the norm):
 
-- ``moments_conv``: the released L_MM^l of METHOD.md 4b. Per image n and channel k,
+- ``moments_conv``: the released form's L_MM^l. Per image n and channel k,
   mu_nk = spatial mean and s_nk = sqrt(population spatial variance + 1e-5); mu_T, s_T are
   their means over the real batch, mu_S, s_S over the set's images. With
   d(a, b) = mean_k (a_k - b_k)^2 / (mean_k b_k^2 + 1e-8):

@@ -1,4 +1,4 @@
-"""The field's evaluation protocol (METHOD.md section 6).
+"""The field's evaluation protocol (docs/method.md, 'Evaluation protocol').
 
 Train a freshly initialised network on the condensed set only (SGD lr 0.01, momentum 0.9,
 weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-image

@@ -1,6 +1,6 @@
 """Condensed sets on disk: safetensors + JSON, written atomically, and their image grids.
 
-A run folder holds (documented in README.md, "Output format"):
+A run folder holds (documented in docs/guide/condense.md, "The run folder"):
 
 - ``synthetic.safetensors``: ``images`` (float32, N x C x H x W, normalised space; for IDM
   the stored, not expanded, images) and ``labels`` (int64, N).

@@ -1,4 +1,5 @@
-"""Matching losses of DM and DDM, as pure functions of tensors (METHOD.md sections 3 and 4).
+"""Matching losses of DM and DDM, as pure functions of tensors (docs/method.md, 'DM' and
+'DDM, paper form').
 
 Each public loss takes raw network outputs:
 
@@ -7,7 +8,7 @@ Each public loss takes raw network outputs:
 - ``correlation_loss``: DDM's Gram-matrix matching of feature maps.
 - ``diversity_loss``: DDM's intra-class diversity term (negative kNN KL).
 
-The released form of DDM (METHOD.md 4b) adds:
+The released form of DDM (docs/method.md, 'DDM, released form') adds:
 
 - ``persample_moments_loss``: per-sample channel moments, averaged, compared relatively.
 - ``spread_loss``: the bounded diversity term L_CD, the synthetic class's spread along the
@@ -55,9 +56,9 @@ __all__ = [
     "style_spread_from_stats",
 ]
 
-SIGMA_EPS = 1e-5  # added to the spatial variance before the square root (METHOD.md 4)
-RELATIVE_EPS = 1e-8  # added to the target's mean square in relative distances (METHOD.md 4b)
-MAX_SPREAD_RANK = 16  # L_CD's default number of principal directions (METHOD.md 4b)
+SIGMA_EPS = 1e-5  # added to the spatial variance before the square root (both DDM forms)
+RELATIVE_EPS = 1e-8  # added to the target's mean square in relative distances (released form)
+MAX_SPREAD_RANK = 16  # L_CD's default number of principal directions (released form)
 
 
 # --- statistics (batch means) ------------------------------------------------------------
@@ -303,7 +304,7 @@ def diversity_loss(syn_emb: torch.Tensor, k: int, neighbour_grad: bool = True) -
     return -kl.mean()
 
 
-# --- the released form (METHOD.md 4b) ----------------------------------------------------------
+# --- the released form (docs/method.md, 'DDM, released form') -----------------------------------
 
 
 def relative_sq(a: torch.Tensor, b: torch.Tensor, relative: bool = True) -> torch.Tensor:

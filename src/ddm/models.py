@@ -1,6 +1,6 @@
 """Networks of the dataset-condensation field: the ConvNet backbone and the evaluation models.
 
-`ConvNet` is the embedding network of DM/IDM/DDM (METHOD.md section 1). Besides `forward` it
+`ConvNet` is the embedding network of DM/IDM/DDM (docs/method.md, 'Networks'). Besides `forward` it
 exposes `embed` (flattened output of the last block), `feature_maps` (each block's activation
 after the non-linearity and before pooling -- or, with ``tap="conv"``, each block's convolution
 output before the norm -- used by DDM's style terms) and `embed_and_maps` (both from one pass).

@@ -42,6 +42,11 @@ class Stream:
     NET = 2  # condensation: network initialisation (per iteration for DM, per queue model for IDM)
     QUEUE = 3  # IDM: which queue model matches an iteration
     QUEUE_TRAIN = 4  # IDM: which queue models are trained, and their real batches
+    POOL = 30  # NCFM: which pool network (and interpolation coefficient) an iteration uses
+    POOL_NET = 31  # pool training: a network's initialisation
+    POOL_TRAIN = 32  # pool training: batches, augmentation and CutMix of (network, epoch)
+    CALIB = 33  # NCFM: the augmentation of (iteration, class)'s cross-entropy step
+    SAMPLER = 34  # NCFM: the frequency sampler's initialisation
     EVAL_MODEL = 10
     EVAL_TRAIN = 11
     HERDING_MODEL = 21
@@ -122,9 +127,9 @@ def _cpu_has_bf16_units() -> bool:
 
     oneDNN's query alone is not enough: it says yes on every AVX-512 CPU (Skylake-SP, Cascade
     Lake, Ice Lake), where bf16 is emulated; measured with oneDNN capped at AVX512_CORE_VNNI on
-    this machine, a bf16 condensation step took 2.0-2.3x its float32 time (AVX2: 23x). So on x86
-    it also takes the units themselves (avx512_bf16 or AMX) and oneDNN not capped below them;
-    on other CPUs (ARM) oneDNN's query, which there checks the bf16 extension.
+    an avx512_bf16 CPU, a bf16 condensation step took 2.0-2.3x its float32 time (AVX2: 23x). So
+    on x86 it also takes the units themselves (avx512_bf16 or AMX) and oneDNN not capped below
+    them; on other CPUs (ARM) oneDNN's query, which there checks the bf16 extension.
     """
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False  # bf16 convolutions would take ATen's slow path
@@ -137,11 +142,11 @@ def _cpu_has_bf16_units() -> bool:
 
 
 # How much faster than float32 bf16 must run the probe (``_cpu_bf16_speedup``) for ``auto`` to
-# pick it. Measured (ConvNet, CIFAR, 2 threads): the machine of sessions 10-12 (bf16 matmul
-# 2.4-4x float32) ran whole condensation and training steps 1.6-1.9x faster in bf16; a KVM guest
+# pick it. Measured (ConvNet, CIFAR, 2 threads): a CPU whose bf16 matmul runs 2.4-4x float32
+# ran whole condensation and training steps 1.6-1.9x faster in bf16; a KVM guest
 # of an Emerald Rapids CPU that shows avx512_bf16 but no AMX ran the probe 1.6-1.8x *slower*
-# (speed-up 0.56-0.61), a DM step 1.12x and a training epoch 1.14x slower (README, Precision
-# by capability). The margin keeps float32 where the two are about level, which also keeps
+# (speed-up 0.56-0.61), a DM step 1.12x and a training epoch 1.14x slower (docs/performance.md,
+# 'Precision'). The margin keeps float32 where the two are about level, which also keeps
 # the choice stable from one process to the next.
 BF16_MIN_SPEEDUP = 1.25
 

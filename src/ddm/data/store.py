@@ -15,7 +15,7 @@ Loading reads only ``index.json`` (and checks that every class file exists); a c
 file is opened (``np.load(mmap_mode="r")``) the first time one of its images is asked for,
 and only the pages of the images read come into memory. A process that draws batches of
 some classes touches only those classes' files, so its memory grows with the classes it
-holds, not with the dataset (README, "Scaling").
+holds, not with the dataset (docs/scaling.md).
 """
 
 from __future__ import annotations
