@@ -39,7 +39,7 @@ def test_estimate_message_numbers():
     # (605 in all, rounded down to 600)
     note = estimate_message(3.0, 5, 20000, preset="ddm-paper-cifar10-ipc10-cpu")
     assert note is not None
-    assert "at 3.00 s per iteration, the 19,995 iterations left take about 16.7 hours" in note
+    assert "at 3.00 s per iteration, the 19,995 iterations left take about 16.7 hours. " in note
     assert "--preset ddm-paper-cifar10-ipc10-cpu, or --iterations 600 (about 30 min)" in note
     assert note.endswith("This run goes on.")
 

@@ -161,7 +161,9 @@ def estimate_message(
     seconds = sec_per_it * left + extra_s
     if seconds <= limit_s:
         return None
-    extra = f" plus {_duration(extra_s)} of {extra_what}" if extra_s > 0 else ""
+    extra = ""
+    if extra_s > 0:
+        extra = f" plus {_duration(extra_s)} of {extra_what} (about {_duration(seconds)} in all)"
     fit = done + (max(1, int((limit_s - extra_s) // sec_per_it)) if limit_s > extra_s else 1)
     if fit // 100 * 100 > done:  # a round number where one fits
         fit = fit // 100 * 100
@@ -170,7 +172,7 @@ def estimate_message(
         shorter = f"--preset {preset}, or {shorter}"
     return (
         f"at {sec_per_it:.2f} s per iteration, the {left:,} iterations left take about "
-        f"{_duration(sec_per_it * left)}{extra} (about {_duration(seconds)} in all). "
+        f"{_duration(sec_per_it * left)}{extra}. "
         f"For a shorter run: {shorter}. This run goes on."
     )
 
