@@ -24,9 +24,10 @@ from . import __version__
 
 __all__ = ["main", "build_parser"]
 
-# `ddm demo`'s budget (digits, ipc 10): DDM's gain over DM shows at it (paper form, seed 0:
-# +3.84 points, seed 1: +0.74, 3 models each), and condensing both sets and training the 9
-# models took 220 s of CPU time on one thread (docs/guide/first-runs.md: output and times).
+# `ddm demo`'s budget (digits, ipc 10): DDM's gain over DM shows at it (paper form, 3 models
+# per set: +3.84, +0.74 and +2.14 points in condensation seeds 0, 1 and 2), and condensing
+# both sets and training the 9 models took 220 s of CPU time on one thread
+# (docs/guide/first-runs.md: the output and the times).
 DEMO_ITERATIONS = 500
 DEMO_BATCH_REAL = 128
 DEMO_EPOCHS = 300
