@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from . import distributed as dist
 from .augment import augment
 from .config import EvalConfig
@@ -93,6 +94,7 @@ class EvalResult:
             "train_accuracies": [round(a, 4) for a in self.train_accuracies],
             "seconds": round(self.seconds, 2),
             "protocol": {**cfg.to_dict(), "precision": self.precision},
+            "version": __version__,
         }
         if fingerprint is not None:
             entry["set"] = fingerprint
