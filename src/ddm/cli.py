@@ -148,6 +148,10 @@ def _eval_config(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         holdout=args.holdout,
+        recipe=getattr(args, "eval_recipe", "dm"),
+        labels=getattr(args, "labels", "hard"),
+        soft_label_mode=getattr(args, "soft_label_mode", "M"),
+        temperature=getattr(args, "temperature", None),
     )
 
 
@@ -325,13 +329,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{path} was condensed on {_run_dataset(path)}, not --dataset {dataset.name}"
             )
     for path in paths:
+        set_cfg = _with_teacher(cfg, args, dataset.name if dataset else _run_dataset(path))
+        if args.scores:
+            dist.echo(_scores(path, imported.get(path), set_cfg, args, dataset))
+            continue
         if path in imported:
             syn, out = imported[path]
-            result = evaluate_folder(out, syn, dataset, cfg, progress=not args.quiet)
+            result = evaluate_folder(out, syn, dataset, set_cfg, progress=not args.quiet)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
-                path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
+                path, set_cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
         if result.reused:
@@ -342,6 +350,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
+
+
+def _with_teacher(cfg, args: argparse.Namespace, dataset_name: str | None):
+    """``cfg`` with the teacher folder that --teacher / --teachers-dir name for the set."""
+    from .cli_soft import resolve_teacher_dir
+
+    folder = resolve_teacher_dir(args, dataset_name or "")
+    return dataclasses.replace(cfg, teacher=None if folder is None else str(folder))
+
+
+def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset) -> str:
+    """Train what DD-Ranking's scores need for one set; its accuracies and scores as text."""
+    from .data import load_dataset
+    from .io import load_synthetic, read_json
+    from .scores import format_scores, score_set
+
+    if imported is not None:
+        syn, folder = imported
+    else:
+        syn = load_synthetic(path)
+        folder = path.parent if path.suffix == ".safetensors" else path
+        if dataset is None:
+            root = args.data_root
+            if root is None and (path / "config.json").exists():
+                root = read_json(path / "config.json").get("data_root")
+            dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
+    entry = score_set(
+        folder, syn, dataset, cfg, full_accuracy=args.full_accuracy, progress=not args.quiet
+    )
+    recipe = f"{cfg.recipe} recipe, {cfg.labels} labels"
+    return (
+        f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {recipe}  "
+        f"-> {folder / 'metrics.json'}\n{format_scores(entry)}"
+    )
 
 
 def _run_dataset(path: Path) -> str | None:
@@ -558,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the set's metrics.json, grid.png and a copy of the set "
         "(default: <name>-eval beside it)",
     )
+    from .cli_soft import add_label_flags
+
+    add_label_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
@@ -632,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the published settings usable with --preset")
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
     p.set_defaults(func=cmd_presets)
+
+    from .cli_soft import add_teacher_parser
+
+    add_teacher_parser(sub)
 
     from .diagnose import add_parser as add_diagnose
 
