@@ -315,3 +315,66 @@ def test_scores_are_stored_and_agree_with_the_recorded_accuracies(tmp_path, caps
         e["protocol"]["dsa"] for e in read_json(tmp_path / "set" / "metrics.json")["evaluations"]
     ]
     assert sorted(protocols) == [False, True]
+
+
+# --- DD-Ranking's formats ------------------------------------------------------------------------
+
+
+def test_tensor_export_is_read_back_by_evaluate(tmp_path, digits):
+    from ddm.interop import export_set, import_set
+
+    syn = random_subset(digits, 3, seed=2)
+    export_set(syn, tmp_path / "t", "tensors")
+    info = read_json(tmp_path / "t" / "export.json")
+    assert info["mean"] == list(digits.mean) and info["std"] == list(digits.std)
+    back = import_set(tmp_path / "t", digits)
+    order = torch.argsort(syn.labels, stable=True)
+    assert torch.equal(back.labels, syn.labels[order])
+    assert torch.allclose(back.images, syn.images[order], atol=1e-6)
+    assert back.meta["source"]["normalisation"] == "the folder's mean.pt/std.pt"
+    out = tmp_path / "t-eval"
+    args = [str(tmp_path / "t"), "--dataset", "digits", "--epochs", "1", "--runs", "1"]
+    assert main(["--quiet", "evaluate", *args, "--out", str(out)]) == 0
+    assert read_json(out / "metrics.json")["evaluations"][0]["runs"] == 1
+
+
+def test_ddranking_export_uses_its_constants_and_reads_back(tmp_path, cifar_root):
+    import yaml
+
+    from ddm.ddranking import DDRANKING_NORMALIZATION
+    from ddm.interop import export_set, import_set
+
+    cifar = load_dataset("cifar10", str(cifar_root))
+    syn = random_subset(cifar, 2, seed=0)
+    soft = torch.randn(len(syn.labels), 10)
+    syn = dataclasses.replace(syn, soft_labels=soft)
+    export_set(syn, tmp_path / "dd", "ddranking")
+    images = torch.load(tmp_path / "dd" / "images.pt", weights_only=True)
+    pixels = syn.images * torch.tensor(cifar.std).view(1, 3, 1, 1) + torch.tensor(cifar.mean).view(
+        1, 3, 1, 1
+    )
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DDRANKING_NORMALIZATION["cifar10"])
+    assert torch.allclose(images, (pixels - mean) / std, atol=1e-5)  # std 0.2023, not 0.2470
+    assert std.flatten()[0].item() == pytest.approx(0.2023)
+    assert torch.equal(torch.load(tmp_path / "dd" / "labels.pt", weights_only=True), soft)
+    config = yaml.safe_load((tmp_path / "dd" / "ddranking.yaml").read_text())
+    assert (config["dataset"], config["ipc"], config["model_name"]) == ("CIFAR10", 2, "ConvNet-3")
+    assert config["soft_label_mode"] == "S" and config["loss_fn_kwargs"]["temperature"] == 1.2
+    back = import_set(tmp_path / "dd", cifar)
+    assert torch.allclose(back.images, syn.images, atol=1e-5)
+    assert torch.equal(back.labels, syn.labels) and torch.equal(back.soft_labels, soft)
+    # a bare pair is taken to be in DD-Ranking's normalisation
+    (tmp_path / "dd" / "export.json").unlink()
+    assert torch.allclose(import_set(tmp_path / "dd", cifar).images, syn.images, atol=1e-5)
+
+
+def test_a_bare_pair_with_badly_shaped_soft_labels_is_refused(tmp_path, digits):
+    from ddm.interop import ExternalSetError, import_set
+
+    (tmp_path / "p").mkdir()
+    torch.save(torch.zeros(20, 1, 8, 8), tmp_path / "p" / "images.pt")
+    torch.save(torch.zeros(20, 9), tmp_path / "p" / "labels.pt")
+    with pytest.raises(
+        ExternalSetError, match=r"soft labels are .*\(20, 9\); expected float \(20, 10\)"
+    ):
+        import_set(tmp_path / "p", digits, mean=[0.5], std=[0.5])

@@ -565,8 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs_dirs",
         nargs="+",
         metavar="SET",
-        help="run folder(s); or, with --dataset, an image folder of class sub-folders or a "
-        "DM/DC .pt file made by another tool",
+        help="run folder(s); or, with --dataset, an image folder of class sub-folders, a folder "
+        "of images.pt + labels.pt (tensors/ddranking exports, DD-Ranking's input) or a DM/DC "
+        ".pt file made by another tool",
     )
     p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
@@ -641,9 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        choices=("imagefolder", "tensors"),
+        choices=("imagefolder", "tensors", "ddranking"),
         help="imagefolder: 00000/, 00001/, ... of PNGs + classes.txt; tensors: images.pt "
-        "(normalised), labels.pt, mean.pt, std.pt",
+        "(normalised with the data's own mean/std), labels.pt, mean.pt, std.pt, export.json; "
+        "ddranking: DD-Ranking's compute_metrics input (images.pt in its normalisation, "
+        "labels.pt: soft labels if the set has them) + ddranking.yaml",
     )
     p.add_argument("--out", required=True, help="folder to write (new or empty)")
     p.add_argument("--no-expand", action="store_true", help="IDM: the stored, not expanded, images")
