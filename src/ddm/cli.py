@@ -212,6 +212,7 @@ def _summary(folder: Path) -> str:
             lines.append(
                 f"  {e['model']:<10} {e['epochs']:>5} epochs  {e['runs']} runs  "
                 f"{e['mean']:.2f} +- {e['std']:.2f} %"
+                + _variant_text(e.get("protocol", {})).replace(", ", "  ", 1)
                 + (f"  (on {held} held-out train images per class)" if held else "")
                 + ("  (an earlier set of this folder)" if stale else "")
             )
@@ -345,11 +346,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if result.reused:
             where += f"  ({result.reused} of {cfg.runs} models from earlier in metrics.json)"
         dist.echo(
-            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}: "
+            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}"
+            f"{_variant_text(set_cfg.to_dict())}: "
             f"{result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
+
+
+def _variant_text(protocol: dict[str, Any]) -> str:
+    """ ", ncfm recipe, soft labels (M, T 1.2)" for an evaluation other than the dm protocol."""
+    parts = []
+    if protocol.get("recipe", "dm") != "dm":
+        parts.append(f"{protocol['recipe']} recipe")
+    if protocol.get("labels", "hard") == "soft":
+        parts.append(f"soft labels ({protocol['soft_label_mode']}, T {protocol['temperature']})")
+    if protocol.get("dsa", True) is False:
+        parts.append("no augmentation")
+    return "".join(f", {p}" for p in parts)
 
 
 def _with_teacher(cfg, args: argparse.Namespace, dataset_name: str | None):
