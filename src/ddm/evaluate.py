@@ -5,7 +5,9 @@ weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-im
 parameters on every batch, cross-entropy on hard labels), then test on the whole real test
 set. Repeat with several seeds; report mean +- std (population std, as the field does).
 For tuning, ``EvalConfig.holdout`` N tests instead on the N train images per class that a set
-condensed with the same ``--holdout`` never saw (``Dataset.holdout``).
+condensed with the same ``--holdout`` never saw (``Dataset.holdout``). Other training recipes
+(``EvalConfig.recipe``, ``ddm.recipes``) and soft labels from a teacher (``EvalConfig.labels``,
+``ddm.teacher``) are settings of the same loop; docs/guide/soft-labels.md describes them.
 
 Under torchrun the runs of a set are spread over the processes (round-robin) and gathered;
 each run is seeded by (evaluation seed, run), so the numbers are those of one process.
@@ -283,7 +285,7 @@ def _soft_label_sources(
             "--labels soft needs a teacher: --teacher DIR or --teachers-dir DIR (train one "
             f"with `ddm teacher --dataset {dataset.name} --out DIR`)"
         )
-    return load_teacher(cfg.teacher, dataset, cfg.device), None
+    return load_teacher(cfg.teacher, dataset, str(dist.resolve_device(cfg.device))), None
 
 
 def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: EvalConfig) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .config import EvalConfig
 from .data import Dataset
 from .io import META_FILE, SyntheticSet, atomic_write_json, read_json, save_synthetic
@@ -144,10 +145,27 @@ def _random_baseline(
         soft = torch.cat([teacher.logits(b) for b in rand.images.split(256)])
         rand = dataclasses.replace(rand, soft_labels=soft)
     out = folder / f"random-ipc{ipc}-seed{cfg.seed}"
+    dist.on_main(_keep_set, out, rand)
+    return rand, out
+
+
+def _keep_set(out: Path, syn: SyntheticSet) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / META_FILE).exists():
-        save_synthetic(out, rand)
-    return rand, out
+        save_synthetic(out, syn)
+
+
+def _record(path: Path, cfg: EvalConfig, entry: dict[str, Any]) -> None:
+    """Add (or replace: same protocol) a scores entry in the metrics file at ``path``."""
+    metrics = read_json(path) if path.exists() else {"evaluations": []}
+    want = {k: v for k, v in cfg.to_dict().items() if k != "device"}
+    kept = [
+        e
+        for e in metrics.get(SCORES_KEY, [])
+        if {k: v for k, v in e.get("protocol", {}).items() if k != "device"} != want
+    ]
+    metrics[SCORES_KEY] = [*kept, entry]
+    atomic_write_json(path, metrics)
 
 
 def score_set(
@@ -199,16 +217,7 @@ def score_set(
         "units": "lrs, ars: DD-Ranking 0.2.0's code (accuracies in percent in the exponent); "
         "*_fraction: accuracies as fractions",
     }
-    path = folder / METRICS_FILE
-    metrics = read_json(path) if path.exists() else {"evaluations": []}
-    want = {k: v for k, v in cfg.to_dict().items() if k != "device"}
-    kept = [
-        e
-        for e in metrics.get(SCORES_KEY, [])
-        if {k: v for k, v in e.get("protocol", {}).items() if k != "device"} != want
-    ]
-    metrics[SCORES_KEY] = [*kept, entry]
-    atomic_write_json(path, metrics)
+    dist.on_main(_record, folder / METRICS_FILE, cfg, entry)
     return entry
 
 
