@@ -4,13 +4,13 @@
 # keeps a checkpoint per epoch, evaluations reuse the models recorded in metrics.json.
 #
 # Budget (CPU, one thread): teacher ConvNet 2 epochs; condensation 200 iterations, batch_real
-# 64, seed 0; evaluation ConvNet, dm recipe, 50 epochs x 2 models per training.
+# 64, seed 0; evaluation ConvNet, dm recipe, 30 epochs x 1 model per training (EPOCHS, RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-../shared/data}
 OUT=${OUT:-runs/soft}
-EPOCHS=${EPOCHS:-50}
-RUNS=${RUNS:-2}
+EPOCHS=${EPOCHS:-30}
+RUNS=${RUNS:-1}
 ddm() { python -m ddm --quiet "$@"; }
 
 ddm teacher --dataset cifar10 --data-root "$ROOT" --epochs 2 --teachers-dir "$OUT/teachers"
