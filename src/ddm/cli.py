@@ -166,6 +166,10 @@ def _eval_config(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         holdout=args.holdout,
+        recipe=getattr(args, "eval_recipe", "dm"),
+        labels=getattr(args, "labels", "hard"),
+        soft_label_mode=getattr(args, "soft_label_mode", "M"),
+        temperature=getattr(args, "temperature", None),
     )
 
 
@@ -226,6 +230,7 @@ def _summary(folder: Path) -> str:
             lines.append(
                 f"  {e['model']:<10} {e['epochs']:>5} epochs  {e['runs']} runs  "
                 f"{e['mean']:.2f} +- {e['std']:.2f} %"
+                + _variant_text(e.get("protocol", {})).replace(", ", "  ", 1)
                 + (f"  (on {held} held-out train images per class)" if held else "")
                 + ("  (an earlier set of this folder)" if stale else "")
             )
@@ -365,23 +370,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{path} was condensed on {_run_dataset(path)}, not --dataset {dataset.name}"
             )
     for path in paths:
+        set_cfg = _with_teacher(cfg, args, dataset.name if dataset else _run_dataset(path))
+        if args.scores:
+            dist.echo(_scores(path, imported.get(path), set_cfg, args, dataset))
+            continue
         if path in imported:
             syn, out = imported[path]
-            result = evaluate_folder(out, syn, dataset, cfg, progress=not args.quiet)
+            result = evaluate_folder(out, syn, dataset, set_cfg, progress=not args.quiet)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
-                path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
+                path, set_cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
         if result.reused:
             where += f"  ({result.reused} of {cfg.runs} models from earlier in metrics.json)"
         dist.echo(
-            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}: "
+            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}"
+            f"{_variant_text(set_cfg.to_dict())}: "
             f"{result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
+
+
+def _variant_text(protocol: dict[str, Any]) -> str:
+    """ ", ncfm recipe, soft labels (M, T 1.2)" for an evaluation other than the dm protocol."""
+    parts = []
+    if protocol.get("recipe", "dm") != "dm":
+        parts.append(f"{protocol['recipe']} recipe")
+    if protocol.get("labels", "hard") == "soft":
+        parts.append(f"soft labels ({protocol['soft_label_mode']}, T {protocol['temperature']})")
+    if protocol.get("dsa", True) is False:
+        parts.append("no augmentation")
+    return "".join(f", {p}" for p in parts)
+
+
+def _with_teacher(cfg, args: argparse.Namespace, dataset_name: str | None):
+    """``cfg`` with the teacher folder that --teacher / --teachers-dir name for the set."""
+    from .cli_soft import resolve_teacher_dir
+
+    folder = resolve_teacher_dir(args, dataset_name or "")
+    return dataclasses.replace(cfg, teacher=None if folder is None else str(folder))
+
+
+def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset) -> str:
+    """Train what DD-Ranking's scores need for one set; its accuracies and scores as text."""
+    from .data import load_dataset
+    from .io import load_synthetic, read_json
+    from .scores import format_scores, score_set
+
+    if imported is not None:
+        syn, folder = imported
+    else:
+        syn = load_synthetic(path)
+        folder = path.parent if path.suffix == ".safetensors" else path
+        if dataset is None:
+            root = args.data_root
+            if root is None and (path / "config.json").exists():
+                root = read_json(path / "config.json").get("data_root")
+            dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
+    entry = score_set(
+        folder, syn, dataset, cfg, full_accuracy=args.full_accuracy, progress=not args.quiet
+    )
+    recipe = f"{cfg.recipe} recipe, {cfg.labels} labels"
+    return (
+        f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {recipe}  "
+        f"-> {folder / 'metrics.json'}\n{format_scores(entry)}"
+    )
 
 
 def _run_dataset(path: Path) -> str | None:
@@ -610,8 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs_dirs",
         nargs="+",
         metavar="SET",
-        help="run folder(s); or, with --dataset, an image folder of class sub-folders or a "
-        "DM/DC .pt file made by another tool",
+        help="run folder(s); or, with --dataset, an image folder of class sub-folders, a folder "
+        "of images.pt + labels.pt (tensors/ddranking exports, DD-Ranking's input) or a DM/DC "
+        ".pt file made by another tool",
     )
     p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
@@ -645,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the set's metrics.json, grid.png and a copy of the set "
         "(default: <name>-eval beside it)",
     )
+    from .cli_soft import add_label_flags
+
+    add_label_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
@@ -683,9 +743,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        choices=("imagefolder", "tensors"),
+        choices=("imagefolder", "tensors", "ddranking"),
         help="imagefolder: 00000/, 00001/, ... of PNGs + classes.txt; tensors: images.pt "
-        "(normalised), labels.pt, mean.pt, std.pt",
+        "(normalised with the data's own mean/std), labels.pt, mean.pt, std.pt, export.json; "
+        "ddranking: DD-Ranking's compute_metrics input (images.pt in its normalisation, "
+        "labels.pt: soft labels if the set has them) + ddranking.yaml",
     )
     p.add_argument("--out", required=True, help="folder to write (new or empty)")
     p.add_argument("--no-expand", action="store_true", help="IDM: the stored, not expanded, images")
@@ -719,6 +781,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the published settings usable with --preset")
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
     p.set_defaults(func=cmd_presets)
+
+    from .cli_soft import add_teacher_parser
+
+    add_teacher_parser(sub)
 
     from .diagnose import add_parser as add_diagnose
 
