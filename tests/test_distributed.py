@@ -29,7 +29,7 @@ from ddm.evaluate import evaluate_set
 from ddm.io import RunFolderError, load_synthetic, load_tensors, read_json
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = ["--dataset", "digits", "--ipc", "2", "--batch-real", "16"]
+TINY = ["--dataset", "digits", "--ipc", "2", "--batch-real", "16", "--precision", "fp32"]
 IDM = ["--method", "idm"]
 
 pytestmark = pytest.mark.skipif(
