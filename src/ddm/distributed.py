@@ -35,6 +35,7 @@ __all__ = [
     "shard_counts",
     "round_robin",
     "all_reduce_sum",
+    "broadcast_",
     "gather_rows",
     "all_gather_object",
     "on_main",
@@ -137,6 +138,25 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if active():
         tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return t
+
+
+def broadcast_(tensors: Sequence[torch.Tensor], src: int) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s (in place; exact, a copy).
+
+    Every rank passes tensors of the same shapes, dtypes and order; they travel as one flat
+    buffer per dtype.
+    """
+    if not active():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        tdist.broadcast(flat, src=src)
+        with torch.no_grad():
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.copy_(part.view_as(t))
 
 
 def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
