@@ -40,7 +40,6 @@ __all__ = [
     "all_gather_object",
     "on_main",
     "barrier",
-    "data_parallel",
     "echo",
 ]
 
@@ -207,18 +206,6 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def barrier() -> None:
     if active():
         tdist.barrier()
-
-
-def data_parallel(net: nn.Module) -> nn.Module:
-    """``net`` wrapped in DistributedDataParallel (gradients averaged over ranks); itself in one
-    process. Its parameters must require gradients when this is called."""
-    if not active():
-        return net
-    from torch.nn.parallel import DistributedDataParallel
-
-    device = next(net.parameters()).device
-    ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids)
 
 
 def echo(*args: Any, **kwargs: Any) -> None:
