@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
-from torch import nn
 
 from .runtime import resolve_device as _resolve_single
 
