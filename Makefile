@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README.md):
-#   make demo   - set up .venv, condense the embedded digits dataset with DM, compare with random
+#   make demo   - set up .venv, condense the embedded digits with DDM and DM, compare with random
 #   make test   - set up .venv, run the test suite (the command CI runs)
 #   make docs   - add the docs extra to .venv, build the documentation site (mkdocs --strict)
 # TORCH pins the CPU build this project is developed with; override for GPUs, e.g.

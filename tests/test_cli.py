@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from ddm.cli import _condense_config, build_parser, main
+from ddm.cli import _condense_config, build_parser, main, paired_gain
 from ddm.io import load_synthetic, read_json
 
 DIGITS = ["--dataset", "digits", "--batch-real", "16"]
@@ -192,18 +192,37 @@ def test_presets_listed(capsys):
 
 
 def test_demo_prints_table(tmp_path, capsys):
-    assert (
-        ddm("demo", "--iterations", "3", "--epochs", "3", "--runs", "1", "--out", str(tmp_path))
-        == 0
-    )
+    argv = ["demo", "--iterations", "3", "--epochs", "3", "--runs", "2", "--batch-real", "16"]
+    assert ddm(*argv, "--out", str(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "| DM" in out and "| random subset" in out
+    # the flagship beside DM and a random subset; DDM in the toolkit's default form
+    from ddm.config import DEFAULT_FORM
+
+    assert f"| DDM ({DEFAULT_FORM} form) |" in out
+    assert "| DM " in out and "| random subset" in out
+    assert read_json(tmp_path / "ddm" / "config.json")["form"] == DEFAULT_FORM
     entry = read_json(tmp_path / "dm" / "metrics.json")["evaluations"][0]
     assert entry["epochs"] == 3
     # the header names the precision both steps ran in (auto: by hardware)
     precision = read_json(tmp_path / "dm" / "meta.json")["precision"]
-    assert f"3 epochs x 1 runs, {precision} (" in out
+    assert f"3 epochs x 2 runs, {precision} (" in out
     assert entry["protocol"]["precision"] == precision
+    # the gains, model by model, from the recorded accuracies
+    acc = {
+        k: read_json(tmp_path / k / "metrics.json")["evaluations"][0]["accuracies"]
+        for k in ("ddm", "dm", "random")
+    }
+    line = next(x for x in out.splitlines() if x.startswith("DDM - DM: "))
+    assert line.startswith(
+        f"DDM - DM: {paired_gain(acc['ddm'], acc['dm'])} points; "
+        f"DDM - random: {paired_gain(acc['ddm'], acc['random'])} points"
+    )
+
+
+def test_paired_gain():
+    # differences +1.0 and +3.0: mean +2.00, std 1.00 (over the models, as the table's)
+    assert paired_gain([91.0, 95.0], [90.0, 92.0]) == "+2.00 +- 1.00"
+    assert paired_gain([90.0], [90.5]) == "-0.50 +- 0.00"
 
 
 def test_demo_precision_flag(tmp_path, capsys):
@@ -211,6 +230,7 @@ def test_demo_precision_flag(tmp_path, capsys):
     assert ddm(*argv, "--out", str(tmp_path)) == 0
     assert "2 epochs x 1 runs, fp32 (" in capsys.readouterr().out
     assert read_json(tmp_path / "dm" / "config.json")["precision"] == "fp32"
+    assert read_json(tmp_path / "ddm" / "config.json")["precision"] == "fp32"
     assert (
         read_json(tmp_path / "random" / "metrics.json")["evaluations"][0]["protocol"]["precision"]
         == "fp32"

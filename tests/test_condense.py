@@ -327,6 +327,17 @@ def test_idm_queue_capacity(digits):
     assert len(run.base.nets) == 4 and run.base.ids == [2, 3, 4, 5]
 
 
+def test_idm_queue_without_training_steps_keeps_its_models(digits):
+    """--model-train-steps 0 leaves the queue untrained (and the CE weight at 0)."""
+    run = _Run(dataclasses.replace(IDM, model_train_steps=0).resolved(), digits, None)
+    before = [p.clone() for p in run.base.nets[0].parameters()]
+    run.step()
+    assert run.base.accs == [0.0] * len(run.base.nets)
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, run.base.nets[0].parameters(), strict=True)
+    )
+
+
 @pytest.mark.parametrize("form, diversity", [("paper", "icd"), ("released", "cd")])
 def test_ddm_on_idm_logs_all_terms(tmp_path, digits, form, diversity):
     cfg = dataclasses.replace(IDM, method="ddm", base="idm", form=form, iterations=2)

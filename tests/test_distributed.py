@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from ddm import distributed as dist
 from ddm.cli import main
@@ -28,7 +29,8 @@ from ddm.evaluate import evaluate_set
 from ddm.io import RunFolderError, load_synthetic, load_tensors, read_json
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TINY = ["--dataset", "digits", "--ipc", "2", "--batch-real", "16"]
+TINY = ["--dataset", "digits", "--ipc", "2", "--batch-real", "16", "--precision", "fp32"]
+IDM = ["--method", "idm"]
 
 pytestmark = pytest.mark.skipif(
     not (dist.tdist.is_available() and dist.tdist.is_gloo_available()),
@@ -113,8 +115,9 @@ def test_helpers_are_identity_in_one_process():
     assert dist.all_reduce_sum(t) is t and dist.gather_rows(t, [3]) is t
     assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
     assert dist.on_main(lambda x: x + 1, 1) == 2
-    net = torch.nn.Linear(2, 2)
-    assert dist.data_parallel(net) is net
+    before = t.clone()
+    dist.broadcast_([t], src=0)
+    assert torch.equal(t, before)
 
 
 def test_a_rank_closes_its_group_then_leaves_without_teardown(monkeypatch, capsys):
@@ -156,11 +159,35 @@ def test_other_commands_refuse_torchrun(monkeypatch, tmp_path, capsys):
         ["--method", "dm"],
         ["--method", "ddm", "--form", "paper"],
         ["--method", "ddm", "--form", "released", "--lr-img", "0.05"],
-        ["--method", "idm", "--model-train-steps", "1", "--model-batch", "16"],
+        # IDM: its queue models are trained whole, each on one rank, and copied to the others
+        [*IDM, "--ipc", "4", "--model-batch", "32", "--model-train-steps", "2"],
+        [*IDM, "--ipc", "1", "--model-train-steps", "3"],  # the default batch: 256 images
+        # another seed; 3 models trained per iteration (2 on rank 0, 1 on rank 1), and the
+        # queue grows and drops its oldest model
+        [*IDM, "--seed", "7", "--model-batch", "24", "--model-train-steps", "2"]
+        + ["--fetch-net-num", "3", "--net-generate-interval", "2", "--net-num", "4"],
+        [*IDM, "--ipc", "4", "--model-batch", "32", "--model-train-steps", "2"]
+        + ["--precision", "bf16"],
+        ["--method", "ddm", "--base", "idm", "--model-batch", "32", "--model-train-steps", "2"],
     ],
-    ids=["dm", "ddm-paper", "ddm-released", "idm"],
+    ids=[
+        "dm",
+        "ddm-paper",
+        "ddm-released",
+        "idm-batch32-steps2-ipc4",
+        "idm-default-batch-ipc1",
+        "idm-seed7-fetch3",
+        "idm-bf16",
+        "ddm-on-idm",
+    ],
 )
 def test_two_ranks_condense_the_set_of_one_process(tmp_path, digits, one_thread, method):
+    """The set, the checkpoint and the log of two ranks are those of one process.
+
+    On the IDM base the queue (models, momentum, running accuracies) must be equal bit for bit:
+    matching against it amplifies any rounding in it (1e-7 in the queue became 1e-2 in the set
+    within three iterations when the ranks shared each queue-training batch).
+    """
     args = [*TINY, "--iterations", "3", *method]
     one = condense(_config(args), tmp_path / "one", dataset=digits, progress=False)
     _launch("condense", *args, "--out", str(tmp_path / "two"))
@@ -171,6 +198,15 @@ def test_two_ranks_condense_the_set_of_one_process(tmp_path, digits, one_thread,
     b = load_tensors(tmp_path / "two/checkpoint.safetensors")
     assert a.keys() == b.keys()  # the checkpoint of N ranks is that of one process
     assert (a["momentum"] - b["momentum"]).abs().max() <= 1e-5
+    for key in a:  # IDM's queue models and their momentum: bit for bit
+        if key.startswith("queue"):
+            assert torch.equal(a[key], b[key]), key
+    assert two.meta["precision"] == one.meta["precision"]
+    queue = []  # IDM's queue ids and running accuracies (the CE term's weights)
+    for run in ("one", "two"):
+        with safe_open(str(tmp_path / run / "checkpoint.safetensors"), "pt") as f:
+            queue.append(f.metadata().get("queue"))
+    assert queue[0] == queue[1]
     # the log holds every class's terms, summed over the ranks
     log_one = (tmp_path / "one/log.csv").read_text().splitlines()
     log_two = (tmp_path / "two/log.csv").read_text().splitlines()

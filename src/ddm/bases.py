@@ -169,9 +169,13 @@ class IDMBase(DMBase):
     augmentation), each with its own persistent optimiser. A network's running training
     accuracy (percent, over its latest training call; 0 before any) scales the CE term.
 
-    Under torchrun every rank draws the same batches and trains its share of each through
-    DistributedDataParallel (gradients averaged over ranks, the loss scaled so that the step is
-    the whole batch's mean), so every rank keeps the same queue.
+    Under torchrun the trained models are shared out, not their batches: every rank draws
+    every model's batches (the one-process draws), trains its models (round-robin over the
+    picks) exactly as one process does, then each model's parameters, buffers and momentum are
+    copied from the rank that trained it to the others. Every rank therefore keeps the queue of
+    one process, bit for bit: splitting a batch over ranks would change the gradient's
+    summation order, and matching against the queue amplifies such rounding by orders of
+    magnitude within a few iterations.
     """
 
     per_class_steps = True
@@ -179,18 +183,12 @@ class IDMBase(DMBase):
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, device: torch.device) -> None:
         self.cfg, self.dataset, self.device = cfg, dataset, device
         self.factor = cfg.factor
-        if cfg.model_batch < dist.world_size():
-            raise ValueError(
-                f"--model-batch {cfg.model_batch} is smaller than the {dist.world_size()} "
-                "processes that share each queue-training batch; raise it"
-            )
         self.nets: list[nn.Module] = []
         self.opts: list[torch.optim.Optimizer] = []
         self.ids: list[int] = []
         self.accs: list[float] = []
         self.next_id = 0
         self.current = 0
-        self.parallel: dict[int, nn.Module] = {}  # queue id -> its DDP wrapper (torchrun)
         for _ in range(cfg.net_init):
             self._push()
 
@@ -210,7 +208,6 @@ class IDMBase(DMBase):
         if len(self.nets) > self.cfg.net_num:
             for seq in (self.nets, self.opts, self.ids, self.accs):
                 seq.pop(0)
-            self.parallel = {k: v for k, v in self.parallel.items() if k in self.ids}
 
     def network(self, iteration: int) -> nn.Module:
         if iteration > 0 and iteration % self.cfg.net_generate_interval == 0:
@@ -236,31 +233,60 @@ class IDMBase(DMBase):
         t0 = time.perf_counter()
         gen = generator(self.cfg.seed, Stream.QUEUE_TRAIN, iteration)
         picks = torch.randperm(len(self.nets), generator=gen)[: self.cfg.fetch_net_num].tolist()
-        train = self.dataset.train
-        batch = self.cfg.model_batch
-        share = dist.shard(batch)  # this rank's slice of every (global) batch
-        for i in picks:
-            net, opt = self.nets[i], self.opts[i]
-            net.train().requires_grad_(True)
-            if self.ids[i] not in self.parallel:  # one wrapper per model: its hooks stay
-                self.parallel[self.ids[i]] = dist.data_parallel(net)  # net in one process
-            model = self.parallel[self.ids[i]]
-            counts = torch.zeros(2, dtype=torch.float64)  # correct, seen
-            for _ in range(self.cfg.model_train_steps):
-                idx = torch.randint(len(train), (batch,), generator=gen)[share.start : share.stop]
-                x = self.dataset.normalize(train.images[idx]).to(self.device)
-                y = train.labels[idx].to(self.device)
-                out = model(x)
-                # the mean over the whole batch: DDP averages the ranks' gradients, hence x world
-                loss = F.cross_entropy(out, y, reduction="sum") * (dist.world_size() / batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                counts += torch.tensor([float((out.argmax(1) == y).sum()), float(len(y))])
-            net.requires_grad_(False)
-            correct, seen = dist.all_reduce_sum(counts.to(self.device)).tolist()
-            self.accs[i] = 100.0 * correct / seen
+        if self.cfg.model_train_steps == 0:
+            return time.perf_counter() - t0
+        train, batch = self.dataset.train, self.cfg.model_batch
+        # every model's batches, drawn in one process's order on every rank
+        draws = [
+            [
+                torch.randint(len(train), (batch,), generator=gen)
+                for _ in range(self.cfg.model_train_steps)
+            ]
+            for _ in picks
+        ]
+        accs: dict[int, float] = {}
+        for k in dist.round_robin(len(picks)):  # this rank's models
+            accs[k] = self._train(picks[k], draws[k])
+        if dist.active():
+            for k, i in enumerate(picks):  # each model from the rank that trained it
+                dist.broadcast_(self._shared_tensors(i), src=k % dist.world_size())
+            accs = {k: a for part in dist.all_gather_object(accs) for k, a in part.items()}
+        for k, i in enumerate(picks):
+            self.accs[i] = accs[k]
         return time.perf_counter() - t0
+
+    def _train(self, i: int, draws: list[torch.Tensor]) -> float:
+        """Train queue model ``i`` one SGD step per batch of indices; its accuracy (percent)."""
+        net, opt, train = self.nets[i], self.opts[i], self.dataset.train
+        net.train().requires_grad_(True)
+        correct = seen = 0
+        for idx in draws:
+            x = self.dataset.normalize(train.images[idx]).to(self.device)
+            y = train.labels[idx].to(self.device)
+            out = net(x)
+            loss = F.cross_entropy(out, y, reduction="sum") * (1 / len(y))  # the batch mean
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+        net.requires_grad_(False)
+        return 100.0 * correct / seen
+
+    def _shared_tensors(self, i: int) -> list[torch.Tensor]:
+        """Queue model ``i``'s state that training changes: parameters, buffers, momentum.
+
+        Every parameter has a momentum buffer after a training step; a rank that has not
+        trained the model yet gets an empty one here, to be overwritten.
+        """
+        net, opt = self.nets[i], self.opts[i]
+        state = opt.state
+        momentum = []
+        for p in net.parameters():
+            if state[p].get("momentum_buffer") is None:
+                state[p]["momentum_buffer"] = torch.empty_like(p)
+            momentum.append(state[p]["momentum_buffer"])
+        return [*net.state_dict(keep_vars=True).values(), *momentum]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -279,7 +305,6 @@ class IDMBase(DMBase):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         q = json.loads(meta["queue"])
         self.nets, self.opts, self.ids, self.accs = [], [], [], []
-        self.parallel = {}
         for slot, net_id in enumerate(q["ids"]):
             self.next_id = net_id
             self._push()

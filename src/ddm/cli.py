@@ -24,6 +24,15 @@ from . import __version__
 
 __all__ = ["main", "build_parser"]
 
+# `ddm demo`'s budget (digits, ipc 10): DDM's gain over DM shows at it (paper form, 3 models
+# per set: +3.84, +0.74 and +2.14 points in condensation seeds 0, 1 and 2), and condensing
+# both sets and training the 9 models took 220 s of CPU time on one thread
+# (docs/guide/first-runs.md: the output and the times).
+DEMO_ITERATIONS = 500
+DEMO_BATCH_REAL = 128
+DEMO_EPOCHS = 300
+DEMO_RUNS = 3
+
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -170,6 +179,10 @@ def _eval_config(args: argparse.Namespace):
         device=args.device,
         precision=args.precision,
         holdout=args.holdout,
+        recipe=getattr(args, "eval_recipe", "dm"),
+        labels=getattr(args, "labels", "hard"),
+        soft_label_mode=getattr(args, "soft_label_mode", "M"),
+        temperature=getattr(args, "temperature", None),
     )
 
 
@@ -238,6 +251,7 @@ def _summary(folder: Path) -> str:
             lines.append(
                 f"  {e['model']:<10} {e['epochs']:>5} epochs  {e['runs']} runs  "
                 f"{e['mean']:.2f} +- {e['std']:.2f} %"
+                + _variant_text(e.get("protocol", {})).replace(", ", "  ", 1)
                 + (f"  (on {held} held-out train images per class)" if held else "")
                 + ("  (an earlier set of this folder)" if stale else "")
             )
@@ -392,13 +406,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{path} was condensed on {_run_dataset(path)}, not --dataset {dataset.name}"
             )
     for path in paths:
+        set_cfg = _with_teacher(cfg, args, dataset.name if dataset else _run_dataset(path))
+        if args.scores:
+            dist.echo(_scores(path, imported.get(path), set_cfg, args, dataset))
+            continue
         if path in imported:
             syn, out = imported[path]
-            result = evaluate_folder(out, syn, dataset, cfg, progress=not args.quiet)
+            result = evaluate_folder(out, syn, dataset, set_cfg, progress=not args.quiet)
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
-                path, cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
+                path, set_cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
             )
             where = ""
         if result.reused:
@@ -411,11 +429,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if note:
                 dist.echo(note)
         dist.echo(
-            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}: "
+            f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {result.precision}"
+            f"{_variant_text(set_cfg.to_dict())}: "
             f"{result} %  "
             f"(per run: {', '.join(f'{a:.2f}' for a in result.accuracies)}){where}"
         )
     return 0
+
+
+def _variant_text(protocol: dict[str, Any]) -> str:
+    """ ", ncfm recipe, soft labels (M, T 1.2)" for an evaluation other than the dm protocol."""
+    parts = []
+    if protocol.get("recipe", "dm") != "dm":
+        parts.append(f"{protocol['recipe']} recipe")
+    if protocol.get("labels", "hard") == "soft":
+        parts.append(f"soft labels ({protocol['soft_label_mode']}, T {protocol['temperature']})")
+    if protocol.get("dsa", True) is False:
+        parts.append("no augmentation")
+    return "".join(f", {p}" for p in parts)
+
+
+def _with_teacher(cfg, args: argparse.Namespace, dataset_name: str | None):
+    """``cfg`` with the teacher folder that --teacher / --teachers-dir name for the set."""
+    from .cli_soft import resolve_teacher_dir
+
+    folder = resolve_teacher_dir(args, dataset_name or "")
+    return dataclasses.replace(cfg, teacher=None if folder is None else str(folder))
+
+
+def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset) -> str:
+    """Train what DD-Ranking's scores need for one set; its accuracies and scores as text."""
+    from .data import load_dataset
+    from .io import load_synthetic, read_json
+    from .scores import format_scores, score_set
+
+    if imported is not None:
+        syn, folder = imported
+    else:
+        syn = load_synthetic(path)
+        folder = path.parent if path.suffix == ".safetensors" else path
+        if dataset is None:
+            root = args.data_root
+            if root is None and (path / "config.json").exists():
+                root = read_json(path / "config.json").get("data_root")
+            dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
+    entry = score_set(
+        folder, syn, dataset, cfg, full_accuracy=args.full_accuracy, progress=not args.quiet
+    )
+    recipe = f"{cfg.recipe} recipe, {cfg.labels} labels"
+    return (
+        f"{path}: {cfg.model}, {cfg.epochs} epochs, {cfg.runs} runs, {recipe}  "
+        f"-> {folder / 'metrics.json'}\n{format_scores(entry)}"
+    )
 
 
 def _run_dataset(path: Path) -> str | None:
@@ -526,8 +591,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def paired_gain(better: Sequence[float], worse: Sequence[float]) -> str:
+    """``'+1.23 +- 0.45'``: mean and std of the per-model differences (model i of one set
+    against model i of the other: the same seed, initialisation and augmentation draws)."""
+    import numpy as np
+
+    diffs = np.asarray(better, dtype=float) - np.asarray(worse, dtype=float)
+    return f"{diffs.mean():+.2f} +- {diffs.std():.2f}"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Condense the embedded digits dataset with DM and compare with a random subset."""
+    """The flagship on the embedded digits dataset: DDM beside DM and a random subset."""
     from .baselines import random_subset
     from .condense import condense, prepare_run_folder
     from .config import CondenseConfig, EvalConfig
@@ -536,46 +610,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     dataset = load_dataset("digits")
-    cfg = CondenseConfig(
-        dataset="digits",
-        ipc=args.ipc,
-        method=args.method,
-        iterations=args.iterations,
-        batch_real=args.batch_real,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
+    configs = {
+        method: CondenseConfig(
+            dataset="digits",
+            ipc=args.ipc,
+            method=method,
+            form=args.form if method == "ddm" else None,
+            iterations=args.iterations,
+            batch_real=args.batch_real,
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+        )
+        for method in ("ddm", "dm")
+    }
+    form = configs["ddm"].resolved().form
     ecfg = EvalConfig(
         epochs=args.epochs, runs=args.runs, device=args.device, precision=args.precision
     )
     print(
         f"condensing digits ({dataset.num_classes} classes, {len(dataset.train)} train "
-        f"images) into {args.ipc} images per class with {args.method.upper()}, "
-        f"{args.iterations} iterations"
+        f"images) into {args.ipc} images per class with DDM ({form} form) and with DM, "
+        f"{args.iterations} iterations each, from the same real images"
     )
-    syn = condense(cfg, out / args.method, dataset=dataset, overwrite=True, progress=not args.quiet)
+    sets = {}
+    for method, cfg in configs.items():
+        sets[method] = condense(
+            cfg, out / method, dataset=dataset, overwrite=True, progress=not args.quiet
+        )
     rand_dir = out / "random"
     prepare_run_folder(rand_dir, resume=False, overwrite=True)
-    rand = random_subset(dataset, args.ipc, seed=args.seed)
+    sets["random"] = random_subset(dataset, args.ipc, seed=args.seed)
     _write_set(
         rand_dir,
-        rand,
+        sets["random"],
         {"method": "random", "dataset": "digits", "ipc": args.ipc, "seed": args.seed},
     )
-    rows = []
-    for name, s, folder in (
-        (args.method.upper(), syn, out / args.method),
-        ("random subset", rand, rand_dir),
-    ):
-        result = evaluate_folder(folder, s, dataset, ecfg, progress=not args.quiet)
-        rows.append((name, f"{result} %"))
+    names = {"ddm": f"DDM ({form} form)", "dm": "DM", "random": "random subset"}
+    results = {
+        key: evaluate_folder(out / key, sets[key], dataset, ecfg, progress=not args.quiet)
+        for key in names
+    }
     print(
         f"\ndigits, ipc {args.ipc}, ConvNet, {args.epochs} epochs x {args.runs} runs, "
-        f"{syn.meta['precision']} (test accuracy, mean +- std):"
+        f"{sets['ddm'].meta['precision']} (test accuracy, mean +- std):"
     )
-    print(_table(rows, ("set", "accuracy")))
-    print(f"\nruns and grids in {out}/ (grid.png in each folder)")
+    print(_table([(names[k], f"{results[k]} %") for k in names], ("set", "accuracy")))
+    ddm = results["ddm"].accuracies
+    print(
+        f"\nDDM - DM: {paired_gain(ddm, results['dm'].accuracies)} points; "
+        f"DDM - random: {paired_gain(ddm, results['random'].accuracies)} points "
+        f"(mean +- std over the {args.runs} models, paired by seed)"
+    )
+    print(f"runs and grids in {out}/ (grid.png in each folder)")
     return 0
 
 
@@ -638,8 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs_dirs",
         nargs="+",
         metavar="SET",
-        help="run folder(s); or, with --dataset, an image folder of class sub-folders or a "
-        "DM/DC .pt file made by another tool",
+        help="run folder(s); or, with --dataset, an image folder of class sub-folders, a folder "
+        "of images.pt + labels.pt (tensors/ddranking exports, DD-Ranking's input) or a DM/DC "
+        ".pt file made by another tool",
     )
     p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
@@ -673,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the set's metrics.json, grid.png and a copy of the set "
         "(default: <name>-eval beside it)",
     )
+    from .cli_soft import add_label_flags
+
+    add_label_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
@@ -711,9 +802,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        choices=("imagefolder", "tensors"),
+        choices=("imagefolder", "tensors", "ddranking"),
         help="imagefolder: 00000/, 00001/, ... of PNGs + classes.txt; tensors: images.pt "
-        "(normalised), labels.pt, mean.pt, std.pt",
+        "(normalised with the data's own mean/std), labels.pt, mean.pt, std.pt, export.json; "
+        "ddranking: DD-Ranking's compute_metrics input (images.pt in its normalisation, "
+        "labels.pt: soft labels if the set has them) + ddranking.yaml",
     )
     p.add_argument("--out", required=True, help="folder to write (new or empty)")
     p.add_argument("--no-expand", action="store_true", help="IDM: the stored, not expanded, images")
@@ -748,6 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show settings and sources")
     p.set_defaults(func=cmd_presets)
 
+    from .cli_soft import add_teacher_parser
+
+    add_teacher_parser(sub)
+
     from .diagnose import add_parser as add_diagnose
 
     add_diagnose(sub)
@@ -756,16 +853,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_continual(sub)
 
-    from .config import PRECISIONS
+    from .config import DEFAULT_FORM, PRECISIONS
 
-    p = sub.add_parser("demo", help="the main job: DM on the embedded digits vs random subset")
+    p = sub.add_parser(
+        "demo", help="the flagship: DDM beside DM and a random subset on the embedded digits"
+    )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--method", default="dm", choices=("dm", "ddm"))
+    p.add_argument(
+        "--form",
+        default=None,
+        help=f"DDM's form: paper | released (default: the toolkit's, {DEFAULT_FORM})",
+    )
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=1000)
-    p.add_argument("--batch-real", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help="per set (%(default)s)")
+    p.add_argument("--batch-real", type=int, default=DEMO_BATCH_REAL, help="(%(default)s)")
+    p.add_argument(
+        "--epochs", type=int, default=DEMO_EPOCHS, help="training epochs per model (%(default)s)"
+    )
+    p.add_argument(
+        "--runs", type=int, default=DEMO_RUNS, help="models trained per set (%(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument(

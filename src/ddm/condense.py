@@ -131,6 +131,83 @@ class NonFiniteLossError(RuntimeError):
     """The objective became NaN or infinite; the run stopped at its last good checkpoint."""
 
 
+# --- the time estimate ----------------------------------------------------------------------------
+
+# A run whose remaining time, measured over its first iterations, is above this says so once
+# (with a shorter setting) and goes on: nothing waits for an answer.
+ESTIMATE_ABOVE_S = 30 * 60
+# iterations of a call timed before the estimate; the first is left out (allocations, and
+# --compile's compilation, make it slower than the rest)
+ESTIMATE_AFTER = 4
+
+
+def _duration(seconds: float) -> str:
+    """``90`` -> ``'2 min'``, ``5400`` -> ``'1.5 hours'``, ``200000`` -> ``'2.3 days'``."""
+    if seconds < 90 * 60:
+        return f"{max(1, round(seconds / 60))} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def estimate_message(
+    sec_per_it: float,
+    done: int,
+    total: int,
+    *,
+    extra_s: float = 0.0,
+    extra_what: str = "evaluation",
+    limit_s: float = ESTIMATE_ABOVE_S,
+    preset: str | None = None,
+) -> str | None:
+    """The note a long run prints once, or None when it ends within ``limit_s``.
+
+    ``sec_per_it`` is measured, ``done`` of ``total`` iterations are finished; ``extra_s``
+    is the time of work that follows (``extra_what``). The note gives the time left and a
+    shorter run: ``preset`` (a CPU-sized preset of the same method, when one exists) and
+    the ``--iterations`` that end within ``limit_s`` (rounded down to hundreds where that
+    still leaves iterations to run).
+    """
+    if sec_per_it <= 0 or done >= total:
+        return None
+    left = total - done
+    seconds = sec_per_it * left + extra_s
+    if seconds <= limit_s:
+        return None
+    extra = ""
+    if extra_s > 0:
+        extra = f" plus {_duration(extra_s)} of {extra_what} (about {_duration(seconds)} in all)"
+    fit = done + (max(1, int((limit_s - extra_s) // sec_per_it)) if limit_s > extra_s else 1)
+    if fit // 100 * 100 > done:  # a round number where one fits
+        fit = fit // 100 * 100
+    shorter = f"--iterations {fit} (about {_duration(limit_s)})"
+    if preset is not None:
+        shorter = f"--preset {preset}, or {shorter}"
+    return (
+        f"at {sec_per_it:.2f} s per iteration, the {left:,} iterations left take about "
+        f"{_duration(sec_per_it * left)}{extra}. "
+        f"For a shorter run: {shorter}. This run goes on."
+    )
+
+
+def cpu_preset_for(cfg: CondenseConfig) -> str | None:
+    """The CPU-sized preset (``*-cpu``) with ``cfg``'s dataset, method, form, base and ipc
+    and fewer iterations than ``cfg`` (resolved), if one is shipped."""
+    from .config import available_presets, load_preset
+
+    want = (cfg.dataset, cfg.method, cfg.form, cfg.base, cfg.ipc)
+    for name in available_presets():
+        if not name.endswith("-cpu"):
+            continue
+        settings = load_preset(name)["settings"]
+        got = CondenseConfig(**settings).resolved()
+        if (got.dataset, got.method, got.form, got.base, got.ipc) == want and (
+            got.iterations < cfg.iterations
+        ):
+            return name
+    return None
+
+
 # --- small utilities -----------------------------------------------------------------------------
 
 
@@ -1072,6 +1149,7 @@ def _condense_loop(
     bar = _progress(cfg.iterations, run.iteration, progress and dist.is_main())
     done_here = 0
     last_saved = run.iteration
+    timed: list[float] = []  # this call's first iterations, for the time estimate
     try:
         while run.iteration < cfg.iterations and (stop_after is None or done_here < stop_after):
             t0 = time.perf_counter()
@@ -1090,6 +1168,10 @@ def _condense_loop(
                 ) from None
             seconds = time.perf_counter() - t0
             done_here += 1
+            if done_here <= ESTIMATE_AFTER:
+                timed.append(seconds)
+                if done_here == ESTIMATE_AFTER:
+                    _estimate(cfg, timed, run.iteration, stop_after, done_here)
             log.write(run.iteration, loss, terms, seconds)
             bar.set_postfix(loss=f"{loss:.4g}", s_it=f"{seconds:.2f}", refresh=False)
             bar.update(1)
@@ -1106,6 +1188,22 @@ def _condense_loop(
         bar.close()
         log.close()
     return run.synthetic()
+
+
+def _estimate(
+    cfg: CondenseConfig, timed: list[float], done: int, stop_after: int | None, done_here: int
+) -> None:
+    """Print the time estimate (rank 0, once) when the rest of this call is long."""
+    if not dist.is_main():
+        return
+    sec_per_it = sum(timed[1:]) / max(1, len(timed) - 1)
+    total = (
+        cfg.iterations if stop_after is None else min(cfg.iterations, done + stop_after - done_here)
+    )
+    if estimate_message(sec_per_it, done, total, limit_s=ESTIMATE_ABOVE_S) is None:
+        return  # the preset look-up only when the note is printed
+    preset = cpu_preset_for(cfg)
+    _notice(estimate_message(sec_per_it, done, total, limit_s=ESTIMATE_ABOVE_S, preset=preset))
 
 
 def _notice(message: str) -> None:

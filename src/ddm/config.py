@@ -287,22 +287,37 @@ class EvalConfig:
     depth: int | None = None  # ConvNet depth; None: by resolution
     epochs: int = 1000
     runs: int = 5
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    dsa: bool = True
+    # optimiser settings; None: the recipe's (``ddm.recipes``; dm: 0.01, 0.9, 5e-4, 256)
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    dsa: bool = True  # False: no augmentation at all (no DSA, no CutMix): DD-Ranking's "noaug"
     seed: int = 0
     device: str = "auto"
     precision: str = DEFAULT_EVAL_PRECISION  # auto | fp32 | bf16 (the training's forward)
     # 0: test on the test split; N: on the N train images per class the set was condensed
     # without (its --holdout), for tuning without the test set
     holdout: int = 0
+    recipe: str = "dm"  # optimiser, schedule and mixing: a key of ddm.recipes.RECIPES
+    labels: str = "hard"  # hard | soft (a teacher's, KL loss)
+    soft_label_mode: str = "M"  # soft labels: M, the teacher on every batch; S, stored per image
+    temperature: float | None = None  # soft labels' temperature; None: the recipe's
+    teacher: str | None = None  # the teacher folder (soft labels, mode M)
 
     def __post_init__(self) -> None:
         check_finite(self)
+        from .recipes import get_recipe
+
         if self.epochs <= 0 or self.runs <= 0:
             raise ValueError("--epochs and --runs must be positive")
+        get_recipe(self.recipe)
+        if self.labels not in ("hard", "soft"):
+            raise ValueError(f"unknown --labels {self.labels!r}; known: hard, soft")
+        if self.soft_label_mode not in ("M", "S"):
+            raise ValueError(f"unknown --soft-label-mode {self.soft_label_mode!r}; known: M, S")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"--temperature must be positive, got {self.temperature}")
         if self.holdout < 0:
             raise ValueError(f"--holdout must be >= 0 images per class, got {self.holdout}")
         if self.precision not in PRECISIONS:
@@ -310,8 +325,32 @@ class EvalConfig:
                 f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
             )
 
+    def training(self):
+        """The recipe with this config's optimiser overrides applied (a ``Recipe``)."""
+        from .recipes import get_recipe
+
+        recipe = get_recipe(self.recipe)
+        given = {
+            k: getattr(self, k)
+            for k in ("lr", "momentum", "weight_decay", "batch_size", "temperature")
+            if getattr(self, k) is not None
+        }
+        return dataclasses.replace(recipe, **given)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings, with the recipe's values filled in; the soft-label settings are
+        None under hard labels (so hard-label entries read as they always did)."""
+        out = dataclasses.asdict(self)
+        recipe = self.training()
+        for key in ("lr", "momentum", "weight_decay", "batch_size"):
+            out[key] = getattr(recipe, key)
+        if self.labels == "hard":
+            out.update(soft_label_mode=None, temperature=None, teacher=None)
+        else:
+            out["temperature"] = recipe.temperature
+            if self.soft_label_mode == "S":
+                out["teacher"] = None
+        return out
 
 
 def check_finite(settings: Any) -> None:

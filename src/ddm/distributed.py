@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
-from torch import nn
 
 from .runtime import resolve_device as _resolve_single
 
@@ -35,11 +34,11 @@ __all__ = [
     "shard_counts",
     "round_robin",
     "all_reduce_sum",
+    "broadcast_",
     "gather_rows",
     "all_gather_object",
     "on_main",
     "barrier",
-    "data_parallel",
     "echo",
 ]
 
@@ -139,6 +138,25 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_(tensors: Sequence[torch.Tensor], src: int) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s (in place; exact, a copy).
+
+    Every rank passes tensors of the same shapes, dtypes and order; they travel as one flat
+    buffer per dtype.
+    """
+    if not active():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        tdist.broadcast(flat, src=src)
+        with torch.no_grad():
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.copy_(part.view_as(t))
+
+
 def gather_rows(part: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """Concatenate every rank's rows in rank order; rank r holds ``counts[r]`` of them.
 
@@ -187,18 +205,6 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 def barrier() -> None:
     if active():
         tdist.barrier()
-
-
-def data_parallel(net: nn.Module) -> nn.Module:
-    """``net`` wrapped in DistributedDataParallel (gradients averaged over ranks); itself in one
-    process. Its parameters must require gradients when this is called."""
-    if not active():
-        return net
-    from torch.nn.parallel import DistributedDataParallel
-
-    device = next(net.parameters()).device
-    ids = [device] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids)
 
 
 def echo(*args: Any, **kwargs: Any) -> None:

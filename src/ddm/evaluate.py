@@ -5,7 +5,9 @@ weight decay 5e-4, batch 256, lr x 0.1 after half of the epochs, DSA with per-im
 parameters on every batch, cross-entropy on hard labels), then test on the whole real test
 set. Repeat with several seeds; report mean +- std (population std, as the field does).
 For tuning, ``EvalConfig.holdout`` N tests instead on the N train images per class that a set
-condensed with the same ``--holdout`` never saw (``Dataset.holdout``).
+condensed with the same ``--holdout`` never saw (``Dataset.holdout``). Other training recipes
+(``EvalConfig.recipe``, ``ddm.recipes``) and soft labels from a teacher (``EvalConfig.labels``,
+``ddm.teacher``) are settings of the same loop; docs/guide/soft-labels.md describes them.
 
 Under torchrun the runs of a set are spread over the processes (round-robin) and gathered;
 each run is seeded by (evaluation seed, run), so the numbers are those of one process.
@@ -34,13 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from . import distributed as dist
 from .augment import augment
 from .config import EvalConfig
 from .data import Dataset, load_dataset
 from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json, run_progress
 from .models import build_model
+from .recipes import cutmix, lr_factor, make_optimizer
 from .runtime import Stream, autocast, resolve_precision, seed_for, tune_allocator
+from .teacher import Teacher, load_teacher, soft_label_loss
 
 __all__ = [
     "EvalResult",
@@ -69,6 +74,7 @@ class EvalResult:
     seconds: float  # training and testing time of the models trained in this call
     precision: str = "fp32"  # the resolved precision the models were trained in
     reused: int = 0  # models taken from earlier evaluations of the same set (not retrained)
+    teacher: dict[str, Any] | None = None  # the soft labels' teacher (Teacher.describe())
 
     @property
     def mean(self) -> float:
@@ -93,7 +99,11 @@ class EvalResult:
             "train_accuracies": [round(a, 4) for a in self.train_accuracies],
             "seconds": round(self.seconds, 2),
             "protocol": {**cfg.to_dict(), "precision": self.precision},
+            "version": __version__,
+            "recipe": cfg.training().to_dict(),
         }
+        if self.teacher is not None:
+            entry["teacher"] = self.teacher
         if fingerprint is not None:
             entry["set"] = fingerprint
         return entry
@@ -129,37 +139,65 @@ def train_and_test(
     strategy: str,
     cfg: EvalConfig,
     run: int = 0,
+    teacher: Teacher | None = None,
+    soft_targets: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %).
 
+    The optimiser, schedule, augmentation and mixing are ``cfg``'s recipe (``ddm.recipes``).
+    Under ``cfg.labels == "soft"`` the loss is the KL to soft labels: the ``teacher``'s logits
+    for every augmented batch (mode M) or the per-image ``soft_targets`` logits (mode S).
     Under bf16 precision the forward passes run in bf16 autocast; the loss is float32.
     """
     device = dist.resolve_device(cfg.device)
     channels, size = train_x.shape[1], train_x.shape[-1]
     precision = resolve_precision(cfg.precision, device, size)
+    recipe = cfg.training()
+    soft = cfg.labels == "soft"
+    if soft and cfg.soft_label_mode == "M" and teacher is None:
+        raise ValueError("soft labels (mode M) need a teacher: give --teacher DIR")
+    if soft and cfg.soft_label_mode == "S" and soft_targets is None:
+        raise ValueError("soft labels (mode S) need per-image soft labels stored in the set")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.EVAL_MODEL, run))
         extra = {"depth": cfg.depth} if cfg.depth else {}
         net = build_model(cfg.model, channels, num_classes, size, **extra).to(device)
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, Stream.EVAL_TRAIN, run))
-    opt = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    opt = make_optimizer(recipe, net.parameters(), recipe.lr, recipe.momentum, recipe.weight_decay)
     x_all, y_all = train_x.to(device), train_y.to(device)
-    strategy = strategy if cfg.dsa else "none"
-    n = len(x_all)
+    if soft and cfg.soft_label_mode == "S":
+        probs_all = F.softmax(soft_targets.float().to(device) / recipe.temperature, dim=1)
+    strategy = recipe.strategy(strategy) if cfg.dsa else "none"
+    mixing = None  # CutMix draws come from their own stream, so recipes without it are unchanged
+    if cfg.dsa and recipe.cutmix_prob > 0:
+        mixing = np.random.default_rng(seed_for(cfg.seed, Stream.EVAL_MIX, run))
+    n, batch = len(x_all), recipe.batch_size
     net.train()
     for epoch in range(cfg.epochs):
-        if epoch == cfg.epochs // 2:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.1
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * lr_factor(recipe.schedule, epoch, cfg.epochs)
         order = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+        for i in range(0, n, batch):
+            idx = order[i : i + batch]
             x = augment(x_all[idx], strategy, gen)
+            perm, lam = None, 1.0
+            if mixing is not None:
+                x, perm, lam = cutmix(x, recipe, mixing)
             with autocast(precision, device):
                 logits = net(x)
-            loss = F.cross_entropy(logits.float(), y_all[idx])
+            if not soft:
+                loss = F.cross_entropy(logits.float(), y_all[idx])
+                if perm is not None:  # CutMix: the labels are mixed by area
+                    other = F.cross_entropy(logits.float(), y_all[idx][perm])
+                    loss = lam * loss + (1 - lam) * other
+            else:
+                if cfg.soft_label_mode == "M":  # the teacher sees the batch the student sees
+                    target = F.softmax(teacher.logits(x) / recipe.temperature, dim=1)
+                else:
+                    target = probs_all[idx]
+                    if perm is not None:
+                        target = lam * target + (1 - lam) * target[perm]
+                loss = soft_label_loss(logits, target, recipe.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -190,6 +228,7 @@ def evaluate_set(
     else:
         images, labels = syn
     _check_holdout(syn, cfg)
+    teacher, soft_targets = _soft_label_sources(syn, dataset, cfg)
     if cfg.precision == "auto":  # under torchrun every process trains in the first one's choice
         chosen = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
         cfg = dataclasses.replace(cfg, precision=dist.all_gather_object(chosen)[0])
@@ -212,6 +251,8 @@ def evaluate_set(
             strategy=dataset.dsa_strategy,
             cfg=cfg,
             run=run,
+            teacher=teacher,
+            soft_targets=soft_targets,
         )
         if on_run is not None and dist.is_main():
             on_run(dict(done))
@@ -221,7 +262,32 @@ def evaluate_set(
     train_accs = [done[run][1] for run in range(cfg.runs)]
     precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
     seconds = time.perf_counter() - t0
-    return EvalResult(cfg.model, cfg.epochs, accs, train_accs, seconds, precision, len(known))
+    about = teacher.describe() if teacher is not None else None
+    return EvalResult(
+        cfg.model, cfg.epochs, accs, train_accs, seconds, precision, len(known), about
+    )
+
+
+def _soft_label_sources(
+    syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], dataset: Dataset, cfg: EvalConfig
+) -> tuple[Teacher | None, torch.Tensor | None]:
+    """The teacher (soft labels, mode M) or the set's stored soft labels (mode S)."""
+    if cfg.labels != "soft":
+        return None, None
+    if cfg.soft_label_mode == "S":
+        stored = syn.expanded_soft_labels() if isinstance(syn, SyntheticSet) else None
+        if stored is None:
+            raise ValueError(
+                "--soft-label-mode S trains on the soft labels stored in the set, and this set "
+                "has none; use --soft-label-mode M with a --teacher"
+            )
+        return None, stored
+    if cfg.teacher is None:
+        raise ValueError(
+            "--labels soft needs a teacher: --teacher DIR or --teachers-dir DIR (train one "
+            f"with `ddm teacher --dataset {dataset.name} --out DIR`)"
+        )
+    return load_teacher(cfg.teacher, dataset, str(dist.resolve_device(cfg.device))), None
 
 
 def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: EvalConfig) -> None:
@@ -246,9 +312,11 @@ def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: E
 
 
 def set_fingerprint(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor]) -> str:
-    """A short content hash of a set (stored images, labels and expansion factor)."""
+    """A short content hash of a set (stored images, labels, soft labels, expansion factor)."""
     if isinstance(syn, SyntheticSet):
         tensors, factor = (syn.images, syn.labels), syn.expansion_factor
+        if syn.soft_labels is not None:  # sets without them keep their earlier hash
+            tensors = (*tensors, syn.soft_labels)
     else:
         tensors, factor = syn, 1
     h = hashlib.sha256(f"x{factor}".encode())
@@ -265,6 +333,8 @@ def _protocol_key(protocol: dict[str, Any]) -> tuple:
     values = {k: v for k, v in protocol.items() if k not in ("runs", "device")}
     values.setdefault("precision", "fp32")
     values.setdefault("holdout", 0)  # entries from before --holdout tested on the test split
+    for key, default in _VARIANT_DEFAULTS.items():  # entries from before recipes and labels
+        values.setdefault(key, default)
     return tuple(sorted(values.items()))
 
 
@@ -416,6 +486,24 @@ def entry_holdout(entry: dict[str, Any]) -> int:
     return int(entry.get("protocol", {}).get("holdout", 0))
 
 
+# How an evaluation trains besides model, epochs, runs, seed, precision and holdout, with the
+# values of entries written before these were settings (the dm recipe on hard labels, DSA on).
+_VARIANT_DEFAULTS: dict[str, Any] = {
+    "recipe": "dm",
+    "labels": "hard",
+    "soft_label_mode": None,
+    "temperature": None,
+    "teacher": None,
+    "dsa": True,
+}
+
+
+def entry_variant(entry: dict[str, Any]) -> tuple:
+    """Recipe, labels, soft-label mode, temperature, teacher and augmentation of an entry."""
+    protocol = entry.get("protocol", {})
+    return tuple(protocol.get(k, d) for k, d in _VARIANT_DEFAULTS.items())
+
+
 def evaluation_key(entry: dict[str, Any]) -> tuple:
     """What identifies an evaluation in metrics.json: an entry with the same key is replaced."""
     return (
@@ -425,6 +513,7 @@ def evaluation_key(entry: dict[str, Any]) -> tuple:
         entry.get("seed"),
         entry_precision(entry),
         entry_holdout(entry),
+        entry_variant(entry),
     )
 
 
@@ -439,10 +528,11 @@ def find_evaluation(
     path = run_dir / METRICS_FILE
     if not path.exists():
         return None
-    want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision, cfg.holdout)
+    variant = entry_variant({"protocol": cfg.to_dict()})
+    want = (cfg.model, cfg.epochs, cfg.runs, cfg.seed, precision, cfg.holdout, variant)
     for entry in read_json(path).get("evaluations", []):
-        model, epochs, runs, seed, prec, held = evaluation_key(entry)
-        if (model, epochs, runs, 0 if seed is None else seed, prec, held) != want:
+        model, epochs, runs, seed, prec, held, how = evaluation_key(entry)
+        if (model, epochs, runs, 0 if seed is None else seed, prec, held, how) != want:
             continue
         if fingerprint is None or entry.get("set") in (None, fingerprint):
             return entry

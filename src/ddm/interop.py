@@ -6,9 +6,12 @@ Export (``ddm export``), as class-major sets in the run's class order:
   class's images as de-normalised 8-bit PNGs (``00000.png``, ...; RGB, or L for one channel),
   and ``classes.txt`` (line k: the name of class k). DD-Ranking and every ImageFolder reader
   take this tree.
-- ``tensors``: ``images.pt`` (float32 N x C x H x W, **normalised** with the run's mean/std),
-  ``labels.pt`` (int64 N), ``mean.pt`` and ``std.pt`` (float32 C) and ``classes.txt``; plain
-  tensors that ``torch.load(path, weights_only=True)`` reads.
+- ``tensors``: ``images.pt`` (float32 N x C x H x W, **normalised** with the run's mean/std,
+  i.e. the data's own statistics, not DD-Ranking's), ``labels.pt`` (int64 N), ``mean.pt`` and
+  ``std.pt`` (float32 C), ``export.json`` (the constants, stated) and ``classes.txt``; plain
+  tensors that ``torch.load(path, weights_only=True)`` reads, and ``ddm evaluate`` reads back.
+- ``ddranking``: DD-Ranking's input, in its normalisation, with a ready YAML config
+  (``ddm.ddranking``).
 
 IDM sets are expanded first (the images a network is trained on) unless ``expand=False``.
 
@@ -19,6 +22,8 @@ real dataset's normalised space:
   dataset's classes; every image must have the dataset's size and mode (RGB, or L for one
   channel), nothing is resized. Pixels are read as [0, 1] and normalised with the dataset's
   mean/std, like its real images.
+- a folder of ``images.pt`` + ``labels.pt``: the ``tensors`` and ``ddranking`` exports, or a
+  bare pair in DD-Ranking's normalisation, hard or soft labels (``ddm.ddranking``).
 - a ``.pt`` file in the layout of the DM/DC code (and DC-BENCH): ``{'data': [[images,
   labels], ...]}``, one pair per experiment, other keys ignored. Those images are stored
   normalised with the mean/std that code uses for the dataset (``DMDC_NORMALIZATION``); other
@@ -49,6 +54,7 @@ from .io import (
     RunFolderError,
     SyntheticSet,
     atomic_write_bytes,
+    atomic_write_json,
 )
 
 __all__ = [
@@ -66,9 +72,9 @@ __all__ = [
     "import_set",
 ]
 
-EXPORT_FORMATS = ("imagefolder", "tensors")
+EXPORT_FORMATS = ("imagefolder", "tensors", "ddranking")
 CLASSES_FILE = "classes.txt"
-TENSOR_FILES = ("images.pt", "labels.pt", "mean.pt", "std.pt")
+TENSOR_FILES = ("images.pt", "labels.pt", "mean.pt", "std.pt", "export.json", "ddranking.yaml")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 _CLASS_DIR = re.compile(r"\d{5}")
 
@@ -186,6 +192,20 @@ def export_tensors(
     }
     for name, t in tensors.items():
         atomic_write_bytes(out / name, _tensor_bytes(t))
+    atomic_write_json(
+        out / "export.json",
+        {
+            "format": "tensors",
+            "dataset": syn.meta.get("dataset"),
+            "images": "images.pt: float32 N x C x H x W, class-major, normalised as below",
+            "labels": "labels.pt: int64 N class indices",
+            "mean": list(syn.meta["mean"]),
+            "std": list(syn.meta["std"]),
+            "normalisation": "the data's own per-channel statistics (ddm's); DD-Ranking "
+            "normalises with other constants: export --format ddranking for its input",
+            "version": __version__,
+        },
+    )
     atomic_write_bytes(out / CLASSES_FILE, ("\n".join(names) + "\n").encode())
     return len(labels)
 
@@ -199,7 +219,13 @@ def export_set(
     overwrite: bool = False,
 ) -> int:
     """Export in ``fmt`` (one of ``EXPORT_FORMATS``); returns the number of images written."""
-    writers = {"imagefolder": export_imagefolder, "tensors": export_tensors}
+    from .ddranking import export_ddranking
+
+    writers = {
+        "imagefolder": export_imagefolder,
+        "tensors": export_tensors,
+        "ddranking": export_ddranking,
+    }
     if fmt not in writers:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(EXPORT_FORMATS)}")
     return writers[fmt](syn, out, expand=expand, overwrite=overwrite)
@@ -445,7 +471,8 @@ def import_set(
     std: Sequence[float] | None = None,
     pixels: bool = False,
 ) -> SyntheticSet:
-    """A set made elsewhere: an image folder, or a DM/DC ``.pt`` file (by its suffix)."""
+    """A set made elsewhere: an image folder, a folder of ``images.pt`` + ``labels.pt``, or a
+    DM/DC ``.pt`` file (by its suffix)."""
     path = Path(path)
     if path.suffix in (".pt", ".pth"):
         return read_dmdc_pt(path, dataset, index=index, mean=mean, std=std, pixels=pixels)
@@ -458,6 +485,12 @@ def import_set(
         raise ExternalSetError(
             f"{path}: expected a run folder, an image folder or a .pt file (by its suffix)"
         )
+    from .ddranking import is_tensor_folder, read_tensor_folder
+
+    if is_tensor_folder(path):
+        if index:
+            raise ExternalSetError("--pt-index selects a set of a DM/DC .pt file, not a folder")
+        return read_tensor_folder(path, dataset, mean=mean, std=std, pixels=pixels)
     if mean is not None or std is not None or pixels or index:
         raise ExternalSetError(
             "--syn-mean/--syn-std/--syn-pixels/--pt-index describe .pt files; an image folder "

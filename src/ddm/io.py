@@ -3,7 +3,9 @@
 A run folder holds (documented in docs/guide/condense.md, "The run folder"):
 
 - ``synthetic.safetensors``: ``images`` (float32, N x C x H x W, normalised space; for IDM
-  the stored, not expanded, images) and ``labels`` (int64, N).
+  the stored, not expanded, images) and ``labels`` (int64, N); optionally ``soft_labels``
+  (float32, N x classes: per-image class scores, the logits a teacher gave; read by
+  ``ddm evaluate --labels soft --soft-label-mode S``).
 - ``meta.json``: dataset, classes, ipc, method, image size, channels, normalisation mean/std,
   seed, iterations done, package version, expansion factor.
 - ``config.json``: the fully resolved settings; ``log.csv``: one row per iteration;
@@ -49,6 +51,7 @@ __all__ = [
     "read_json",
     "save_synthetic",
     "load_synthetic",
+    "check_soft_labels",
     "expand",
     "make_grid",
     "save_grid",
@@ -270,6 +273,7 @@ class SyntheticSet:
     images: torch.Tensor  # float32, N x C x H x W
     labels: torch.Tensor  # int64, N
     meta: dict[str, Any] = field(default_factory=dict)
+    soft_labels: torch.Tensor | None = None  # float32, N x classes (logits), or None
 
     @property
     def expansion_factor(self) -> int:
@@ -278,6 +282,12 @@ class SyntheticSet:
     def expanded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The images a network is trained on (IDM's quadrants upsampled), with labels."""
         return expand(self.images, self.labels, self.expansion_factor)
+
+    def expanded_soft_labels(self) -> torch.Tensor | None:
+        """The stored soft labels, repeated like ``expanded()``'s labels (None: none stored)."""
+        if self.soft_labels is None:
+            return None
+        return self.soft_labels.repeat_interleave(self.expansion_factor**2, dim=0)
 
     def denormalized(self, images: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1] for viewing, using the normalisation stored in meta."""
@@ -297,7 +307,10 @@ def save_synthetic(folder: str | os.PathLike, syn: SyntheticSet) -> None:
             f"images must be N x C x H x W with N labels, got {tuple(images.shape)}"
             f" and {tuple(labels.shape)}"
         )
-    save_tensors(folder / SYNTHETIC_FILE, {"images": images, "labels": labels})
+    tensors = {"images": images, "labels": labels}
+    if syn.soft_labels is not None:
+        tensors["soft_labels"] = syn.soft_labels.detach().to("cpu", torch.float32)
+    save_tensors(folder / SYNTHETIC_FILE, tensors)
     atomic_write_json(folder / META_FILE, syn.meta)
 
 
@@ -335,7 +348,25 @@ def load_synthetic(folder: str | os.PathLike) -> SyntheticSet:
             f"{where}: labels must be class ids in 0..{(n_classes or 0) - 1} (meta.json: "
             f"{n_classes} classes), got {int(labels.min())}..{int(labels.max())}"
         )
-    return SyntheticSet(images, labels, meta)
+    soft = tensors.get("soft_labels")
+    if soft is not None:
+        check_soft_labels(soft, len(labels), meta.get("num_classes"), folder / SYNTHETIC_FILE)
+        soft = soft.float()
+    return SyntheticSet(images, labels, meta, soft)
+
+
+def check_soft_labels(
+    soft: torch.Tensor, n: int, num_classes: int | None, where: str | os.PathLike
+) -> None:
+    """Soft labels must be one row of finite class scores per image."""
+    k = num_classes if num_classes is not None else (soft.shape[-1] if soft.ndim == 2 else -1)
+    if soft.ndim != 2 or tuple(soft.shape) != (n, k) or not soft.is_floating_point():
+        raise RunFolderError(
+            f"{where}: soft labels are {soft.dtype} {tuple(soft.shape)}; expected float "
+            f"({n}, {k}), one row of class scores per image"
+        )
+    if not torch.isfinite(soft).all():
+        raise RunFolderError(f"{where}: soft labels hold NaN or infinite values")
 
 
 # --- IDM's partition and expansion ---------------------------------------------------------

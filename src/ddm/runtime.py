@@ -49,8 +49,11 @@ class Stream:
     SAMPLER = 34  # NCFM: the frequency sampler's initialisation
     EVAL_MODEL = 10
     EVAL_TRAIN = 11
+    EVAL_MIX = 12  # evaluation recipes with CutMix: whether, where and how much to mix
     HERDING_MODEL = 21
     HERDING_TRAIN = 22
+    TEACHER_MODEL = 23
+    TEACHER_TRAIN = 24
 
 
 def seed_for(*keys: int) -> int:
