@@ -3,11 +3,11 @@
 # stated there. Each compare.py call reuses finished rows, so rerunning continues an interrupted
 # job; the two processes per table are independent halves run side by side (one per core).
 #
-#   benchmarks/cifar10_tables.sh            # data from ../shared/data
+#   benchmarks/cifar10_tables.sh            # data from $DATA_ROOT (default ./data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+ROOT=${DATA_ROOT:-data}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 
 # DM vs random vs herding, and the DDM ablation (ipc 10, 200 iterations,

@@ -10,12 +10,12 @@
 # Resumable: finished (order, step) pairs and condensed steps are kept, so rerunning the same
 # command continues an interrupted benchmark.
 #
-#   benchmarks/continual_cifar10.sh                       # CIFAR-10 under ../shared/data
+#   benchmarks/continual_cifar10.sh                       # CIFAR-10 under DATA
 #   DATA_ROOT=~/data benchmarks/continual_cifar10.sh --device cuda   # extra flags: every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA_ROOT="${DATA_ROOT:-../shared/data}"
+DATA_ROOT="${DATA_ROOT:-data}"
 OUT="${OUT:-runs/continual}"
 METHODS=(random dm ddm idm)
 

@@ -3,7 +3,7 @@
 # after another one in its lane has ended; no PID: at once).
 # shellcheck shell=bash
 PY=${PY:-.venv/bin/python}
-ROOT=${DATA_ROOT:-../shared/data}
+ROOT=${DATA_ROOT:-data}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 EV="$PY benchmarks/evidence.py"
 

@@ -3,7 +3,7 @@
 # CIFAR-10 ipc 10, DM, 20 iterations (docs/performance.md, 'Several processes'). Runs sequentially.
 #   benchmarks/scaling.sh [DATA_ROOT] [OUT] [N]
 set -euo pipefail
-ROOT=${1:-../shared/data}
+ROOT=${1:-data}
 OUT=${2:-runs/scaling}
 N=${3:-2}
 PY=${PYTHON:-python}

@@ -7,7 +7,7 @@
 # 64, seed 0; evaluation ConvNet, dm recipe, 30 epochs x 1 model per training (EPOCHS, RUNS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=${ROOT:-../shared/data}
+ROOT=${ROOT:-data}
 OUT=${OUT:-runs/soft}
 EPOCHS=${EPOCHS:-30}
 RUNS=${RUNS:-1}

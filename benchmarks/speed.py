@@ -8,8 +8,8 @@ an IDM iteration spent training queue models between matching steps. A ``referen
 the field's reference DM loop shape (per-class forward with autograd, stock pooling, glibc's
 default allocator behaviour) in the same way, for scale.
 
-    python benchmarks/speed.py --data-root ../shared/data            # full table
-    python benchmarks/speed.py --data-root ../shared/data --ipc 10 --methods dm ddm
+    python benchmarks/speed.py --data-root DATA            # full table
+    python benchmarks/speed.py --data-root DATA --ipc 10 --methods dm ddm
     python benchmarks/speed.py --ipc 10 --methods dm idm ddm-idm   # IDM with its own defaults
     python benchmarks/speed.py --ipc 10 --methods idm --set model_batch=64 --set model_train_steps=5
 
@@ -336,7 +336,7 @@ def one(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--data-root", default="DATA")
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     p.add_argument(
         "--methods", nargs="+", default=["dm", "ddm", "idm", "ddm-idm", "reference-style"]
