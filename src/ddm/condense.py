@@ -709,7 +709,6 @@ def _saved_precision(saved: dict[str, Any]) -> str:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: CondenseConfig) -> None:
-    # runs from before --holdout saved none
     # runs from before these settings: no holdout, the published Gram distance, and weights
     # by embedding (its factor is exactly 1 for every D = 2048 network)
     saved = {"holdout": 0, "correlation": "sum", "weights_by_embedding": True, **saved}
