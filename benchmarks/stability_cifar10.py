@@ -102,6 +102,11 @@ def main() -> None:
             f"{np.mean(r['released_published']):.2f} | {np.mean(r['released_cosine']):.2f} | "
             f"{r['gain_published']:+.2f} | {r['gain_cosine']:+.2f} |"
         )
+    for it in sorted({r["iterations"] for r in rows}):
+        done = [r for r in rows if r["iterations"] == it]
+        pub = np.mean([r["gain_published"] for r in done])
+        cos = np.mean([r["gain_cosine"] for r in done])
+        lines.append(f"| {it} | mean of {len(done)} | | | | {pub:+.2f} | {cos:+.2f} |")
     if missing:
         lines += ["", "Not finished: " + "; ".join(missing) + ". To finish:", ""]
         lines += [f"    {c}" for c in result["commands"]]
