@@ -368,8 +368,7 @@ def test_parse_overrides_types_and_errors():
 
 # --- DDM's released form (docs/method.md, 'DDM, released form') ---------------------------------
 
-# The released weights are calibrated on CIFAR-10; on 8x8 digits the conv tap's Gram term
-# diverges at lr 1.0 within a few steps, so the digits tests use a smaller image step.
+# A smaller image step keeps these short digits runs of the released form near their start.
 REL = dataclasses.replace(TINY, method="ddm", form="released", lr_img=0.05)
 
 
@@ -430,7 +429,11 @@ def test_form_defaults_resolve_and_explicit_settings_win():
     assert (paper.w_mm, paper.w_cm, paper.w_icd, paper.w_cd, paper.w_sd) == (1e4, 1e4, 10, 0, 0)
     rel = CondenseConfig(method="ddm", form="released").resolved()
     assert (rel.style_tap, rel.moments, rel.moments_relative) == ("conv", "persample", True)
-    assert (rel.w_mm, rel.w_cm, rel.w_icd, rel.w_cd, rel.w_sd) == (180, 1e4, 0, 30, 0)
+    assert (rel.w_mm, rel.w_cm, rel.w_icd, rel.w_cd, rel.w_sd) == (180, 1e3, 0, 30, 0)
+    assert (paper.correlation, rel.correlation) == ("sum", "cosine")
+    # the published released form: the sum distance brings back its weight, 1e4
+    published = CondenseConfig(method="ddm", form="released", correlation="sum").resolved()
+    assert published.w_cm == 1e4
     from ddm.config import DEFAULT_FORM
 
     assert CondenseConfig(method="ddm").resolved().form == DEFAULT_FORM
@@ -449,6 +452,7 @@ def test_form_defaults_resolve_and_explicit_settings_win():
         ({"method": "ddm", "moments": "spatial"}, "unknown moments estimator"),
         ({"method": "ddm", "w_cd": -1.0}, "--w-cd must be >= 0"),
         ({"method": "ddm", "cd_rank": -2}, "--cd-rank"),
+        ({"method": "ddm", "correlation": "abs"}, "unknown correlation distance"),
     ],
 )
 def test_bad_form_settings(change, match):

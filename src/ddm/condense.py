@@ -349,6 +349,10 @@ def initial_images(
 # --- one matching step ----------------------------------------------------------------------------
 
 
+# The embedding size DDM's weights were calibrated at: the CIFAR-10 ConvNet's 128 x 4 x 4.
+REFERENCE_EMBEDDING = 2048
+
+
 @dataclass(frozen=True)
 class _Weights:
     """The objective's terms: weights and how each is computed (docs/method.md, 'DDM, paper form'
@@ -365,10 +369,24 @@ class _Weights:
     tap: str = "act"  # where style maps are read: act | conv
     moments: str = "batch"  # batch | persample
     relative: bool = False  # relative distances in the moment terms
+    by_embedding: bool = False  # DDM's weights x D / REFERENCE_EMBEDDING (``term_scale``)
+    correlation: str = "sum"  # L_CM's distance between mean Gram matrices: sum | cosine
 
     @property
     def needs_maps(self) -> bool:
         return self.w_mm > 0 or self.w_cm > 0 or self.w_sd > 0
+
+    def term_scale(self, embed_dim: int) -> float:
+        """The factor on DDM's term weights for a D-dimensional embedding: D / 2048 with
+        ``by_embedding`` (exactly 1 at D = 2048), else 1.
+
+        Why (docs/guide/stability.md): L_MMD sums over the D embedding dimensions, each a
+        pooled average over HW C / D pixels of the map, so its gradient per pixel grows as
+        D / HW; the style terms are means over each map (per pixel: 1 / HW). Against L_MMD,
+        their pull per pixel is hence 2048 / D times the calibrated one: 16x on 8 x 8 images
+        (D = 128), where the Gram term's steps then outgrow the pixels and diverge.
+        """
+        return embed_dim / REFERENCE_EMBEDDING if self.by_embedding else 1.0
 
     @property
     def persample(self) -> bool:
@@ -576,7 +594,8 @@ def objective(
 
     ``ce_weight`` (IDM: ce_weight x the model's running accuracy) scales the cross-entropy of
     the network's logits on the same augmented images against ``classes`` (their labels).
-    Returns the total and the unweighted terms summed over classes.
+    With ``weights.by_embedding`` the DDM terms' weights are scaled by D / 2048
+    (``_Weights.term_scale``). Returns the total and the unweighted terms summed over classes.
     """
     per_class = syn_images.split(syn_sizes)
     augmented = [apply(s, p) for s, p in zip(per_class, params, strict=True)]
@@ -597,6 +616,7 @@ def objective(
     total = emb.new_zeros((), dtype=torch.float32)
     terms = dict.fromkeys(TERMS, 0.0)
     w = weights
+    scale = w.term_scale(emb.shape[1])  # on DDM's terms; exactly 1 at D = 2048
     for c, stat in enumerate(real):
         syn_maps = [layer[c] for layer in layer_maps]
         if stat.cf_sampled is not None:  # NCFM with its sampler: frequencies with autograd
@@ -615,7 +635,10 @@ def objective(
         elif w.w_mm > 0:
             parts["mm"] = (w.w_mm, moments_from_stats(stat.map_means, syn_maps, w.relative))
         if w.w_cm > 0:
-            parts["cm"] = (w.w_cm, correlation_from_stats(stat.grams, syn_maps, first_grams[c]))
+            parts["cm"] = (
+                w.w_cm,
+                correlation_from_stats(stat.grams, syn_maps, first_grams[c], w.correlation),
+            )
         if w.w_icd > 0 and w.icd_k > 0:
             parts["icd"] = (w.w_icd, diversity_loss(embs[c], w.icd_k, w.neighbour_grad))
         if w.w_cd > 0 and stat.cd_dirs is not None:
@@ -629,6 +652,8 @@ def objective(
             target = torch.full((len(logits),), label, dtype=torch.long, device=logits.device)
             parts["ce"] = (ce_weight, F.cross_entropy(logits, target))
         for name, (weight, value) in parts.items():
+            if scale != 1.0 and name not in ("mmd", "ce"):
+                weight = weight * scale
             total = total + weight * value
             terms[name] += float(value.detach())
     return total, terms
@@ -673,6 +698,8 @@ class _Run:
             tap=cfg.style_tap,
             moments=cfg.moments,
             relative=cfg.moments_relative,
+            by_embedding=cfg.weights_by_embedding,
+            correlation=cfg.correlation,
         )
         self.strategy = dataset.dsa_strategy if cfg.dsa else "none"
         gen = generator(cfg.seed, Stream.INIT)
@@ -939,6 +966,9 @@ def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(CondenseConfig)}
     values = {k: v for k, v in saved.items() if k in known}
     values["precision"] = _saved_precision(saved)
+    # runs from before these settings ran the published Gram distance, weights as given
+    values.setdefault("correlation", "sum")
+    values.setdefault("weights_by_embedding", False)
     try:
         return CondenseConfig(**values).resolved().to_dict()
     except (TypeError, ValueError):

@@ -34,6 +34,13 @@ IMAGE_OPTIMIZERS = ("sgd", "adamw")
 INITS = ("real", "noise")
 TAPS = ("act", "conv")
 MOMENT_ESTIMATORS = ("batch", "persample")
+# L_CM's distance between mean Gram matrices (ddm.losses.CORRELATION_FORMS): sum (published)
+# | cosine (scale-free; docs/guide/stability.md)
+CORRELATION_FORMS = ("sum", "cosine")
+# w_cm where a form leaves it to the correlation distance: the published 1e4 for sum; 1e3 for
+# cosine, which gives its gradient the published term's size on CIFAR-10 at the start of a
+# run (ipc 10, conv tap; docs/guide/stability.md)
+CORRELATION_WEIGHTS = {"sum": 1e4, "cosine": 1e3}
 # auto: bf16 autocast where the hardware runs it fast, else fp32 (ddm.runtime.resolve_precision)
 PRECISIONS = ("auto", "fp32", "bf16")
 # auto for both (docs/results/precision.md, docs/performance.md): sets condensed in bf16
@@ -58,6 +65,7 @@ FORMS: dict[str, dict[str, Any]] = {
         "style_tap": "act",
         "moments": "batch",
         "moments_relative": False,
+        "correlation": "sum",
         "w_mm": 1e4,
         "w_cm": 1e4,
         "w_icd": 10.0,
@@ -69,8 +77,9 @@ FORMS: dict[str, dict[str, Any]] = {
         "style_tap": "conv",
         "moments": "persample",
         "moments_relative": True,
+        "correlation": "cosine",  # the published form: "sum" (docs/guide/stability.md)
         "w_mm": 180.0,
-        "w_cm": 1e4,
+        "w_cm": None,  # by the correlation distance (CORRELATION_WEIGHTS)
         "w_icd": 0.0,
         "w_cd": 30.0,
         "w_sd": 0.0,
@@ -131,6 +140,8 @@ class CondenseConfig:
     style_tap: str | None = None  # act (after ReLU; paper) | conv (before the norm; released)
     moments: str | None = None  # batch (paper: moments of the mean map) | persample (released)
     moments_relative: bool | None = None  # divide by the target's mean square (released)
+    # L_CM's distance: sum (published: sum of squared Gram differences) | cosine (scale-free)
+    correlation: str | None = None
     w_mm: float | None = None
     w_cm: float | None = None
     w_icd: float | None = None  # paper's KL diversity
@@ -139,6 +150,10 @@ class CondenseConfig:
     w_cd: float | None = None  # released bounded diversity L_CD
     cd_rank: int = 0  # L_CD's principal directions; 0: min(images per class - 1, 16)
     w_sd: float | None = None  # optional style-spread L_SD (released; off by default)
+    # DDM's term weights x D / 2048 (D: the matching network's embedding size), so that they
+    # weigh against L_MMD as calibrated on CIFAR-10 (D = 2048, where the factor is exactly 1;
+    # docs/guide/stability.md); false: the weights as given (the published behaviour)
+    weights_by_embedding: bool = True
     # IDM base (docs/method.md, 'IDM'; None: the base's default)
     factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
     ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
@@ -221,6 +236,8 @@ class CondenseConfig:
             if getattr(self, key) is None:
                 filled[key] = value
         out = dataclasses.replace(self, **filled)
+        if out.w_cm is None:  # the form leaves it to the correlation distance
+            out = dataclasses.replace(out, w_cm=CORRELATION_WEIGHTS.get(out.correlation, 0.0))
         for name in _TERM_WEIGHTS:
             if getattr(out, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
@@ -235,6 +252,11 @@ class CondenseConfig:
         if out.moments not in MOMENT_ESTIMATORS:
             raise ValueError(
                 f"unknown moments estimator {out.moments!r}; known: {', '.join(MOMENT_ESTIMATORS)}"
+            )
+        if out.correlation not in CORRELATION_FORMS:
+            raise ValueError(
+                f"unknown correlation distance {out.correlation!r}; "
+                f"known: {', '.join(CORRELATION_FORMS)}"
             )
         if out.cd_rank < 0:
             raise ValueError("--cd-rank must be >= 0 (0: min(images per class - 1, 16))")

@@ -5,7 +5,8 @@ Each public loss takes raw network outputs:
 
 - ``mmd_loss``: content term of DM, squared distance of mean embeddings.
 - ``moments_loss``: DDM's first/second moment (per channel) matching of feature maps.
-- ``correlation_loss``: DDM's Gram-matrix matching of feature maps.
+- ``correlation_loss``: DDM's Gram-matrix matching of feature maps (the published sum of
+  squared differences, or its scale-free cosine form).
 - ``diversity_loss``: DDM's intra-class diversity term (negative kNN KL).
 
 The released form of DDM (docs/method.md, 'DDM, released form') adds:
@@ -43,6 +44,9 @@ __all__ = [
     "mmd_from_stats",
     "moments_from_stats",
     "correlation_from_stats",
+    "gram_gap",
+    "gram_cosine_gap",
+    "CORRELATION_FORMS",
     "persample_moments_loss",
     "spread_loss",
     "style_spread_loss",
@@ -59,6 +63,7 @@ __all__ = [
 SIGMA_EPS = 1e-5  # added to the spatial variance before the square root (both DDM forms)
 RELATIVE_EPS = 1e-8  # added to the target's mean square in relative distances (released form)
 MAX_SPREAD_RANK = 16  # L_CD's default number of principal directions (released form)
+GRAM_NORM_EPS = 1e-12  # lower bound on a Gram matrix's norm in the scale-free L_CM
 
 
 # --- statistics (batch means) ------------------------------------------------------------
@@ -225,20 +230,49 @@ def correlation_from_stats(
     real_grams: Sequence[torch.Tensor],
     syn_maps: Sequence[torch.Tensor],
     syn_first_gram: torch.Tensor | None = None,
+    form: str = "sum",
 ) -> torch.Tensor:
     """L_CM from the real batch's mean Gram matrices (C x C per layer) and synthetic maps.
 
-    ``syn_first_gram``: the synthetic first layer's mean Gram matrix when already known (from
-    the patches, ``conv_mean_gram``, with autograd); the first map is then not multiplied.
+    ``form``: ``sum`` (the published distance, ``gram_gap``) or ``cosine`` (scale-free,
+    ``gram_cosine_gap``). ``syn_first_gram``: the synthetic first layer's mean Gram matrix
+    when already known (from the patches, ``conv_mean_gram``, with autograd); the first map
+    is then not multiplied.
     """
     _check_layers(real_grams, syn_maps)
+    if form not in CORRELATION_FORMS:
+        known = ", ".join(CORRELATION_FORMS)
+        raise ValueError(f"unknown correlation form {form!r}; known: {known}")
+    gap = CORRELATION_FORMS[form]
     per_layer = [
-        (real_gram - (syn_first_gram if i == 0 and syn_first_gram is not None else mean_gram(syn)))
-        .pow(2)
-        .sum()
+        gap(syn_first_gram if i == 0 and syn_first_gram is not None else mean_gram(syn), real_gram)
         for i, (real_gram, syn) in enumerate(zip(real_grams, syn_maps, strict=True))
     ]
     return torch.stack(per_layer).mean()
+
+
+def gram_gap(syn_gram: torch.Tensor, real_gram: torch.Tensor) -> torch.Tensor:
+    """The published correlation distance: the sum over entries of (G_T - G_S)^2."""
+    return (real_gram - syn_gram).pow(2).sum()
+
+
+def gram_cosine_gap(syn_gram: torch.Tensor, real_gram: torch.Tensor) -> torch.Tensor:
+    """|| G_S / ||G_S|| - G_T / ||G_T|| ||^2 (Frobenius norms), i.e. 2 - 2 cos(G_S, G_T).
+
+    The scale-free correlation distance: it compares the shape of the two Gram matrices, not
+    their size, which the moments term already matches (a mean Gram matrix's diagonal is
+    mean_n (mu_nk^2 + s_nk^2) / C). Invariant to the scale of either side and bounded in
+    [0, 2] (Gram matrices are positive semi-definite, so cos >= 0); its gradient shrinks as
+    1 / scale where the published distance's grows as scale^3 on the conv tap
+    (docs/guide/stability.md).
+    """
+    syn = syn_gram / syn_gram.norm().clamp_min(GRAM_NORM_EPS)
+    real = real_gram / real_gram.norm().clamp_min(GRAM_NORM_EPS)
+    return (syn - real).pow(2).sum()
+
+
+# L_CM's distances between mean Gram matrices, by name (``correlation_from_stats``)
+CORRELATION_FORMS = {"sum": gram_gap, "cosine": gram_cosine_gap}
 
 
 def _as_layers(maps: Sequence[torch.Tensor] | torch.Tensor) -> Sequence[torch.Tensor]:
@@ -270,10 +304,10 @@ def moments_loss(
 
 
 def correlation_loss(
-    real_maps: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor]
+    real_maps: Sequence[torch.Tensor], syn_maps: Sequence[torch.Tensor], form: str = "sum"
 ) -> torch.Tensor:
-    """DDM's correlation (Gram) matching L_CM, mean over layers."""
-    return correlation_from_stats([mean_gram(m) for m in real_maps], syn_maps)
+    """DDM's correlation (Gram) matching L_CM, mean over layers; ``form``: sum | cosine."""
+    return correlation_from_stats([mean_gram(m) for m in real_maps], syn_maps, form=form)
 
 
 def default_icd_k(ipc: int) -> int:
