@@ -22,11 +22,11 @@ from ddm.evaluate import METRICS_FILE
 
 PROTOCOL = {"model": "convnet", "epochs": 200, "runs": 3}
 CONDENSE = (
-    "python benchmarks/evidence.py condense --out {out} --data-root ../shared/data --rows ddm "
+    "python benchmarks/evidence.py condense --out {out} --data-root DATA --rows ddm "
     "--seeds {seed} --iterations 500 --snapshots 100 --batch-real 128"
 )
 EVALUATE = (
-    "python benchmarks/evidence.py evaluate --out {out} --data-root ../shared/data --rows ddm "
+    "python benchmarks/evidence.py evaluate --out {out} --data-root DATA --rows ddm "
     "--seeds {seed} --all-snapshots --epochs 200 --runs 3"
 )
 
