@@ -64,7 +64,7 @@ def term_gradients(dataset, ipc: int, scale: float, published: bool, batch: int)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["digits", "cifar10"])
-    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--data-root", default="data")
     p.add_argument("--ipcs", nargs="+", type=int, default=[4, 10])
     p.add_argument("--batch-real", type=int, default=64)
     p.add_argument("--published", action="store_true")

@@ -10,7 +10,7 @@ network, so over a few iterations it is noisy; its first- and last-quarter means
 The result is JSON (and a Markdown table); docs/guide/stability.md shows it.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/stability_grid.py \\
-        --data-root ../shared/data --out benchmarks/results/stability_grid.json
+        --data-root DATA --out benchmarks/results/stability_grid.json
 
 Cells are written as they finish, so an interrupted grid resumes (``--resume``).
 """
@@ -157,7 +157,7 @@ def _markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", default="../shared/data")
+    p.add_argument("--data-root", default="data")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--ipcs", nargs="+", type=int, default=[1, 4, 10, 50])
     p.add_argument("--forms", nargs="+", default=["paper", "released"])
