@@ -18,9 +18,10 @@ import dataclasses
 import torch
 
 from ddm.augment import sample_params
-from ddm.condense import _Run, objective, real_statistics
+from ddm.condense import _Run
 from ddm.config import CondenseConfig
 from ddm.data import load_dataset
+from ddm.objective import objective, real_statistics
 from ddm.runtime import generator
 
 WEIGHT_OF = {"mm": "w_mm", "cm": "w_cm", "cd": "w_cd"}

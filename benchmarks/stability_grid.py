@@ -28,10 +28,11 @@ import torch
 
 from ddm.augment import sample_params
 from ddm.bases import _new_net
-from ddm.condense import NonFiniteLossError, _Run, objective, real_statistics
+from ddm.condense import NonFiniteLossError, _Run
 from ddm.config import CondenseConfig
 from ddm.data import load_dataset
 from ddm.io import atomic_write_json
+from ddm.objective import objective, real_statistics
 from ddm.runtime import generator, seed_for
 
 DATASETS = ("digits", "mnist", "cifar10", "tiny-imagenet")

@@ -26,17 +26,18 @@ from pathlib import Path
 import torch
 
 from ddm.augment import sample_params
-from ddm.condense import TERMS, _Run, _Weights, objective, real_statistics
+from ddm.condense import _Run
 from ddm.config import CondenseConfig, config_from_dict
 from ddm.data import load_dataset
 from ddm.io import load_synthetic, read_json
+from ddm.objective import TERMS, Weights, objective, real_statistics
 from ddm.runtime import generator
 
 WEIGHT_OF = {"mm": "w_mm", "cm": "w_cm", "icd": "w_icd", "cd": "w_cd", "sd": "w_sd"}
 PROBE_STREAM = 77  # generator(seed, PROBE_STREAM, step): batches and DSA draws of the probes
 
 
-def _only(weights: _Weights, term: str | None) -> _Weights:
+def _only(weights: Weights, term: str | None) -> Weights:
     """The run's weights with every term but ``term`` (and L_MMD) switched off."""
     off = {name: 0.0 for name in WEIGHT_OF.values()}
     if term is not None:

@@ -12,15 +12,7 @@ import torch
 from ddm.augment import apply, sample_params
 from ddm.baselines import random_subset
 from ddm.bases import reinit_
-from ddm.condense import (
-    NonFiniteLossError,
-    _input_conv,
-    _Run,
-    _Weights,
-    condense,
-    objective,
-    real_statistics,
-)
+from ddm.condense import NonFiniteLossError, _Run, condense
 from ddm.config import CondenseConfig, parse_overrides
 from ddm.data import load_dataset
 from ddm.io import RunFolderError, load_synthetic
@@ -34,6 +26,9 @@ from ddm.losses import (
     style_spread_loss,
 )
 from ddm.models import build_model
+from ddm.objective import Weights as _Weights
+from ddm.objective import input_conv as _input_conv
+from ddm.objective import objective, real_statistics
 
 TINY = CondenseConfig(dataset="digits", ipc=3, iterations=6, batch_real=24, checkpoint_every=2)
 

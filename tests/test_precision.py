@@ -293,9 +293,11 @@ def test_real_statistics_fast_paths_match_the_maps(tap):
     """The first conv-tap Gram from patches, bf16 products and the group-norm moments give
     the statistics the maps give in float32."""
     from ddm.augment import sample_params
-    from ddm.condense import _input_conv, _Weights, real_statistics
     from ddm.losses import mean_gram, persample_moments
     from ddm.models import build_model
+    from ddm.objective import Weights as _Weights
+    from ddm.objective import input_conv as _input_conv
+    from ddm.objective import real_statistics
 
     torch.manual_seed(0)
     net = build_model("convnet", 3, 4, 16).requires_grad_(False)

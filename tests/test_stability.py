@@ -21,7 +21,7 @@ import torch
 
 from ddm.augment import sample_params
 from ddm.bases import _new_net
-from ddm.condense import NonFiniteLossError, _Run, _Weights, condense, objective, real_statistics
+from ddm.condense import NonFiniteLossError, _Run, condense
 from ddm.config import CondenseConfig
 from ddm.data import Dataset, Split, load_dataset
 from ddm.losses import (
@@ -32,6 +32,8 @@ from ddm.losses import (
     mean_gram,
 )
 from ddm.models import build_model
+from ddm.objective import Weights as _Weights
+from ddm.objective import objective, real_statistics
 from ddm.runtime import generator, seed_for
 
 NOGRAD = torch.autocast("cpu", enabled=False)
