@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -19,7 +21,15 @@ from .io import SyntheticSet
 from .models import build_model
 from .runtime import Stream, generator, resolve_device, seed_for
 
-__all__ = ["BASELINES", "random_subset", "herding", "herding_select"]
+__all__ = [
+    "BASELINES",
+    "BASELINE_SETTINGS",
+    "baseline",
+    "make_baseline",
+    "random_subset",
+    "herding",
+    "herding_select",
+]
 
 
 def _meta(dataset: Dataset, ipc: int, method: str, seed: int, **extra) -> dict:
@@ -121,3 +131,30 @@ def herding(
 
 
 BASELINES = {"random": random_subset, "herding": herding}
+# The settings each baseline reads besides dataset, ipc and seed, by flag name: they are
+# recorded with its set (a run's config.json; the continual cache key, less ``device``).
+BASELINE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "random": (),
+    "herding": ("herding_epochs", "device"),
+}
+
+
+def baseline(name: str) -> Callable[..., SyntheticSet]:
+    """The set-maker registered as ``name``; raises ValueError listing the known ones."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    return BASELINES[name]
+
+
+def make_baseline(
+    name: str,
+    dataset: Dataset,
+    ipc: int,
+    seed: int = 0,
+    herding_epochs: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> SyntheticSet:
+    """The set of baseline ``name``; each set-maker reads only the settings it uses."""
+    make = baseline(name)
+    return make(dataset, ipc, seed=seed, epochs=herding_epochs, device=device, progress=progress)

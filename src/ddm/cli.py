@@ -329,12 +329,11 @@ def _write_set(out: Path, syn, settings: dict[str, Any]) -> None:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baselines import BASELINES
+    from .baselines import BASELINE_SETTINGS, baseline, make_baseline
     from .condense import check_run_folder, open_run_folder
     from .data import load_dataset
 
-    if args.method not in BASELINES:
-        raise ValueError(f"unknown baseline {args.method!r}; known: {', '.join(BASELINES)}")
+    baseline(args.method)  # an unknown name fails before anything is loaded
     if args.ipc <= 0:
         raise ValueError(f"--ipc must be positive, got {args.ipc}")
     if args.seed < 0:
@@ -342,10 +341,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_run_folder(out, resume=False, overwrite=args.overwrite)  # created once the set is made
     dataset = load_dataset(args.dataset, args.data_root, args.image_size).holdout(args.holdout)
-    kwargs: dict[str, Any] = {"seed": args.seed}
-    if args.method == "herding":
-        kwargs.update(epochs=args.herding_epochs, device=args.device, progress=not args.quiet)
-    syn = BASELINES[args.method](dataset, args.ipc, **kwargs)  # meta records the holdout
+    syn = make_baseline(  # meta records the holdout
+        args.method,
+        dataset,
+        args.ipc,
+        seed=args.seed,
+        herding_epochs=args.herding_epochs,
+        device=args.device,
+        progress=not args.quiet,
+    )
     # by flag name, so the saved config.json is a valid --config
     settings = {
         "method": args.method,
@@ -356,8 +360,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         "ipc": args.ipc,
         "seed": args.seed,
     }
-    if args.method == "herding":
-        settings.update(herding_epochs=args.herding_epochs, device=args.device)
+    settings.update({name: getattr(args, name) for name in BASELINE_SETTINGS[args.method]})
     folder = open_run_folder(out, resume=False, overwrite=args.overwrite)
     try:
         _write_set(out, syn, settings)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .baselines import herding, random_subset
+from .baselines import BASELINE_SETTINGS, BASELINES, make_baseline
 from .condense import CHECKPOINT_FILE, condense
 from .config import (
     DEFAULT_EVAL_PRECISION,
@@ -78,7 +78,7 @@ __all__ = [
     "add_parsers",
 ]
 
-BASELINE_METHODS = ("random", "herding")
+BASELINE_METHODS = tuple(BASELINES)
 CONTINUAL_METHODS = (*BASELINE_METHODS, *METHODS)
 ORDER_STREAM = 40  # class order o is torch.randperm(num_classes, generator(o, ORDER_STREAM))
 EVAL_STREAM = 41  # the evaluation seed of (order, step): seed_for(seed, EVAL_STREAM, o, s)
@@ -156,7 +156,8 @@ class ContinualConfig:
             raise ValueError(
                 f"unknown --eval-precision {self.eval_precision!r}; known: {', '.join(PRECISIONS)}"
             )
-        if self.method == "herding" and self.herding_epochs <= 0:
+        reads = BASELINE_SETTINGS.get(self.method, ())
+        if "herding_epochs" in reads and self.herding_epochs <= 0:
             raise ValueError(f"--herding-epochs must be positive, got {self.herding_epochs}")
         if self.method in METHODS:
             self.condense_config(self.dataset).resolved()  # validates the method's settings
@@ -296,8 +297,9 @@ def _cache_key(settings: ContinualConfig, dataset: Dataset, classes: Sequence[in
     if settings.method in METHODS:
         cfg = settings.condense_config(dataset.name).resolved().to_dict()
         content["condense"] = {k: v for k, v in cfg.items() if k not in _NOT_IN_KEY}
-    elif settings.method == "herding":
-        content["herding_epochs"] = settings.herding_epochs
+    else:
+        reads = BASELINE_SETTINGS[settings.method]
+        content.update({k: getattr(settings, k) for k in reads if k not in _NOT_IN_KEY})
     blob = json.dumps(content, sort_keys=True).encode()
     return f"{settings.method}-{hashlib.sha256(blob).hexdigest()[:12]}", content
 
@@ -327,17 +329,15 @@ def step_set(
     atomic_write_json(folder / "key.json", content)
     step_data = class_subset(dataset, classes)
     if settings.method in BASELINE_METHODS:
-        if settings.method == "random":
-            syn = random_subset(step_data, settings.ipc, seed=settings.seed)
-        else:
-            syn = herding(
-                step_data,
-                settings.ipc,
-                seed=settings.seed,
-                epochs=settings.herding_epochs,
-                device=settings.device,
-                progress=progress,
-            )
+        syn = make_baseline(
+            settings.method,
+            step_data,
+            settings.ipc,
+            seed=settings.seed,
+            herding_epochs=settings.herding_epochs,
+            device=settings.device,
+            progress=progress,
+        )
         save_synthetic(folder, syn)  # tensors first, then meta.json: meta marks it complete
         return syn
     resume = (folder / CHECKPOINT_FILE).exists()
