@@ -1,7 +1,7 @@
 """``ddm teacher`` and the label, recipe and score flags of ``ddm evaluate``.
 
-Kept beside ``cli.py`` so that the teacher command and DD-Ranking's evaluation settings are
-read in one place; ``cli.py`` registers them.
+Kept together so that the teacher command and DD-Ranking's evaluation settings are
+read in one place; ``ddm.cli.parser`` registers them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["add_teacher_parser", "add_label_flags", "cmd_teacher", "resolve_teac
 
 def add_teacher_parser(sub: Any) -> None:
     """Register ``teacher`` on an argparse sub-parsers object."""
-    from .teacher import TeacherConfig
+    from ..teacher import TeacherConfig
 
     d = TeacherConfig()
     p = sub.add_parser(
@@ -48,8 +48,8 @@ def add_teacher_parser(sub: Any) -> None:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .teacher import TeacherConfig, teacher_folder, train_teacher
+    from ..data import load_dataset
+    from ..teacher import TeacherConfig, teacher_folder, train_teacher
 
     cfg = TeacherConfig(
         dataset=args.dataset,
@@ -73,7 +73,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def add_label_flags(p: argparse.ArgumentParser) -> None:
     """``ddm evaluate``'s labels, teacher, recipe and score flags."""
-    from .recipes import RECIPES
+    from ..recipes import RECIPES
 
     g = p.add_argument_group("labels, recipes and DD-Ranking's scores")
     g.add_argument(
@@ -129,7 +129,7 @@ def add_label_flags(p: argparse.ArgumentParser) -> None:
 
 def resolve_teacher_dir(args: argparse.Namespace, dataset_name: str) -> Path | None:
     """The teacher folder named by --teacher or --teachers-dir (None: neither given)."""
-    from .teacher import teacher_folder
+    from ..teacher import teacher_folder
 
     if args.teacher and args.teachers_dir:
         raise ValueError("give --teacher DIR or --teachers-dir DIR, not both")
