@@ -1,4 +1,4 @@
-"""``ddm pool``: train a pool of networks for NCFM's sampler and IDM-style matching."""
+"""``ddm pool``: train networks on the real data for NCFM's feature extractors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ddm prepare``: a dataset's files as a memory-mapped store."""
+"""``ddm prepare``: a class-folder tree as a dataset store read from disk on demand."""
 
 from __future__ import annotations
 
