@@ -58,6 +58,9 @@ ROWS: dict[str, tuple[str, dict]] = {
         "ddm",
         {"form": "released", "base": "idm", "model_batch": 64, "model_train_steps": 5},
     ),
+    # the NCFM rows read the pool named by ``condense --pool``
+    "ncfm": ("ncfm", {}),
+    "ddm-ncfm": ("ddm", {"form": "released", "base": "ncfm"}),
 }
 
 
@@ -85,8 +88,10 @@ def cmd_condense(args: argparse.Namespace) -> None:
     stages = sorted({*args.snapshots, args.iterations})
     for spec in args.rows:
         name, method, overrides = parse_row(spec)
-        # float32 unless a row says otherwise: the results in docs/results were made so
-        overrides = {"precision": "fp32", **overrides}
+        # float32 unless a row or --condense-precision says otherwise
+        overrides = {"precision": args.condense_precision, **overrides}
+        if args.pool and (method == "ncfm" or overrides.get("base") == "ncfm"):
+            overrides.setdefault("pool", args.pool)
         for seed in args.seeds:
             folder = Path(args.out) / name / f"s{seed}"
             if method == "random":
@@ -569,6 +574,12 @@ def main() -> None:
     c.add_argument("--iterations", type=int, default=500)
     c.add_argument("--snapshots", type=int, nargs="*", default=[])
     c.add_argument("--batch-real", type=int, default=128)
+    c.add_argument(
+        "--condense-precision",
+        default="fp32",
+        help="fp32 | bf16 | auto for every row that sets none (fp32: as docs/results were made)",
+    )
+    c.add_argument("--pool", default=None, help="pool folder (`ddm pool`) for the NCFM rows")
     for phase in ("evaluate", "diagnose"):
         e = sub.choices[phase]
         e.add_argument("--all-snapshots", action="store_true")

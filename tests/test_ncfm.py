@@ -6,6 +6,7 @@ digits with a pool of two networks trained for one epoch.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -311,6 +312,29 @@ def test_pool_manifest_and_files(pool):
     assert any(not torch.equal(a[k], b[k]) for k in a)  # trained
 
 
+def test_a_pool_serves_as_the_soft_label_teacher(pool, digits, tmp_path):
+    """`--teacher POOL`: the pool's first network, its recorded accuracy, checked like a
+    teacher; it labels images exactly as that network does."""
+    from ddm.pool import _build
+    from ddm.teacher import TeacherError, load_teacher
+
+    teacher = load_teacher(pool, digits, "cpu")
+    m = json.loads((pool / POOL_FILE).read_text())
+    assert teacher.accuracy == m["networks"][0]["test_accuracy"]
+    assert teacher.meta["pool_network"] == 0
+    net = _build("convnet", (1, 10, 8), m["depth"])
+    net.load_state_dict(load_tensors(pool / "net0_final.safetensors"))
+    x = digits.normalize(digits.test.gather(torch.arange(16)))
+    assert torch.allclose(teacher.logits(x), net.eval()(x))
+    other = _copy(pool, tmp_path / "other")
+    _edit_manifest(other, num_classes=7)
+    with pytest.raises(TeacherError, match="not digits"):
+        load_teacher(other, digits, "cpu")
+    _edit_manifest(other, num_classes=10, networks=[])
+    with pytest.raises(TeacherError, match="no finished network"):
+        load_teacher(other, digits, "cpu")
+
+
 def test_pool_training_resumes_per_epoch(digits, tmp_path):
     cfg = PoolConfig(dataset="digits", networks=1, epochs=2)
     whole = train_pool(cfg, tmp_path / "whole", dataset=digits, progress=False)
@@ -339,6 +363,28 @@ def test_pool_training_resumes_per_epoch(digits, tmp_path):
     b = load_tensors(tmp_path / "cut/net0_final.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "cut/net0_partial.safetensors").exists()
+    by_epoch = whole["networks"][0]["accuracy_by_epoch"]  # kept across the interruption
+    assert len(by_epoch) == 2 and by_epoch[-1] == whole["networks"][0]["test_accuracy"]
+    assert "precision" not in whole["recipe"]  # float32 pools read as they always did
+
+
+def test_a_bf16_pool_records_its_precision_and_trains_otherwise(digits, tmp_path):
+    cfg = PoolConfig(dataset="digits", networks=1, epochs=1)
+    fp32 = train_pool(cfg, tmp_path / "fp32", dataset=digits, progress=False)
+    bf16 = train_pool(
+        PoolConfig(dataset="digits", networks=1, epochs=1, precision="bf16"),
+        tmp_path / "bf16",
+        dataset=digits,
+        progress=False,
+    )
+    assert bf16["recipe"]["precision"] == "bf16" and "precision" not in fp32["recipe"]
+    a = load_tensors(tmp_path / "fp32/net0_final.safetensors")
+    b = load_tensors(tmp_path / "bf16/net0_final.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PoolError, match="other settings"):  # continuing it in float32
+        train_pool(cfg, tmp_path / "bf16", dataset=digits, progress=False)
+    with pytest.raises(ValueError, match="unknown --precision"):
+        PoolConfig(precision="fp16")
 
 
 def _copy(pool: Path, dest: Path) -> Path:

@@ -24,6 +24,7 @@ depth=manifest["depth"])`` (e.g. as a teacher for soft labels).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -36,10 +37,11 @@ from safetensors import safe_open
 from torch import nn
 
 from .augment import apply
+from .config import PRECISIONS
 from .data import Dataset
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model, default_depth
-from .runtime import Stream, generator, seed_for
+from .runtime import Stream, autocast, generator, seed_for
 
 __all__ = ["POOL_FILE", "PoolConfig", "Pool", "PoolError", "train_pool", "load_pool"]
 
@@ -69,6 +71,8 @@ class PoolConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"
+    # the training's forward: fp32 | bf16 (autocast) | auto (bf16 where it is faster)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("networks", "epochs", "batch_size"):
@@ -76,6 +80,10 @@ class PoolConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown --precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +158,7 @@ def _train_epoch(
     index: int,
     epoch: int,
     device: torch.device,
+    precision: str = "fp32",
 ) -> None:
     from .ncfm import ncfm_augmentation
 
@@ -168,10 +177,14 @@ def _train_epoch(
             x = apply(x, params)
         mix = _cutmix(x, gen)
         if mix is None:
-            loss = F.cross_entropy(net(x), y)
+            with autocast(precision, device):
+                out = net(x)
+            loss = F.cross_entropy(out.float(), y)
         else:
             x, perm, kept = mix
-            out = net(x)
+            with autocast(precision, device):
+                out = net(x)
+            out = out.float()
             loss = kept * F.cross_entropy(out, y) + (1 - kept) * F.cross_entropy(out, y[perm])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,7 +205,21 @@ def test_accuracy(net: nn.Module, dataset: Dataset, device: torch.device) -> flo
     return 100.0 * correct / max(len(test), 1)
 
 
-def _manifest(cfg: PoolConfig, dataset: Dataset, net: nn.Module, depth: int) -> dict[str, Any]:
+def _manifest(
+    cfg: PoolConfig, dataset: Dataset, net: nn.Module, depth: int, precision: str
+) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "weight_decay": cfg.weight_decay,
+        "lr_decay": "x0.2 at 2/3 and 5/6 of the epochs",
+        "augmentation": f"per-sample {POOL_STRATEGY} (every group) + CutMix p 0.5, Beta(1,1)",
+        "seed": cfg.seed,
+    }
+    if precision != "fp32":  # float32 pools' manifests read as before
+        recipe["precision"] = precision
     return {
         "format": POOL_FORMAT,
         "dataset": dataset.name,
@@ -205,16 +232,7 @@ def _manifest(cfg: PoolConfig, dataset: Dataset, net: nn.Module, depth: int) -> 
         "depth": depth,
         "mean": list(dataset.mean),
         "std": list(dataset.std),
-        "recipe": {
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "momentum": cfg.momentum,
-            "weight_decay": cfg.weight_decay,
-            "lr_decay": "x0.2 at 2/3 and 5/6 of the epochs",
-            "augmentation": f"per-sample {POOL_STRATEGY} (every group) + CutMix p 0.5, Beta(1,1)",
-            "seed": cfg.seed,
-        },
+        "recipe": recipe,
         "networks": [],
     }
 
@@ -235,7 +253,7 @@ def train_pool(
     from tqdm.auto import tqdm
 
     from .data import load_dataset
-    from .runtime import resolve_device
+    from .runtime import resolve_device, resolve_precision
 
     device = resolve_device(cfg.device)
     if dataset is None:
@@ -244,7 +262,8 @@ def train_pool(
     shape = (dataset.channels, dataset.num_classes, dataset.image_size)
     out = Path(out)
     probe = _build(cfg.model, shape, depth)
-    manifest = _manifest(cfg, dataset, probe, depth)
+    precision = resolve_precision(cfg.precision, device, dataset.image_size)
+    manifest = _manifest(cfg, dataset, probe, depth, precision)
     if (out / POOL_FILE).exists():
         saved = read_json(out / POOL_FILE)
         diffs = _same_recipe(saved, manifest)
@@ -289,14 +308,16 @@ def train_pool(
             partial = out / f"net{i}_partial.safetensors"
             if not init_file.exists():
                 save_tensors(init_file, net.state_dict())
-            epoch = 0
+            epoch, by_epoch = 0, []
             if partial.exists():
-                epoch = _load_partial(partial, net, opt, device)
+                epoch, by_epoch = _load_partial(partial, net, opt, device)
                 bar.update(epoch)
             while epoch < cfg.epochs:
-                _train_epoch(net, opt, dataset, cfg, i, epoch, device)
+                _train_epoch(net, opt, dataset, cfg, i, epoch, device, precision)
                 epoch += 1
-                _save_partial(partial, net, opt, epoch)
+                if epoch < cfg.epochs:  # how accuracy grows with training length
+                    by_epoch.append(round(test_accuracy(net, dataset, device), 4))
+                _save_partial(partial, net, opt, epoch, by_epoch)
                 bar.update(1)
             save_tensors(final_file, net.state_dict())
             accuracy = test_accuracy(net, dataset, device)
@@ -307,6 +328,7 @@ def train_pool(
                     "final": final_file.name,
                     "test_accuracy": round(accuracy, 4),
                     "epochs": cfg.epochs,
+                    "accuracy_by_epoch": [*by_epoch, round(accuracy, 4)],
                 }
             )
             manifest["networks"].sort(key=lambda n: n["index"])
@@ -320,24 +342,31 @@ def train_pool(
     return manifest
 
 
-def _save_partial(path: Path, net: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> None:
+def _save_partial(
+    path: Path, net: nn.Module, opt: torch.optim.Optimizer, epoch: int, by_epoch: list[float]
+) -> None:
     tensors = {f"model.{k}": v for k, v in net.state_dict().items()}
     for name, p in net.named_parameters():
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum.{name}"] = buf
-    save_tensors(path, tensors, {"epoch": str(epoch)})
+    save_tensors(path, tensors, {"epoch": str(epoch), "accuracy_by_epoch": json.dumps(by_epoch)})
 
 
-def _load_partial(path: Path, net: nn.Module, opt: torch.optim.Optimizer, device) -> int:
+def _load_partial(
+    path: Path, net: nn.Module, opt: torch.optim.Optimizer, device
+) -> tuple[int, list[float]]:
+    """Restore a network mid-training: (epochs done, test accuracy after each of them)."""
     tensors = load_tensors(path)
     with safe_open(str(path), "pt") as f:
-        epoch = int((f.metadata() or {}).get("epoch", 0))
+        meta = f.metadata() or {}
+    epoch = int(meta.get("epoch", 0))
+    by_epoch = json.loads(meta.get("accuracy_by_epoch", "[]"))
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for name, p in net.named_parameters():
         if f"momentum.{name}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{name}"].to(device).clone()
-    return epoch
+    return epoch, by_epoch
 
 
 # --- reading a pool ------------------------------------------------------------------------------

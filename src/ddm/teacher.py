@@ -295,8 +295,15 @@ def check_teacher(meta: dict[str, Any], dataset: Dataset, where: str | os.PathLi
 def load_teacher(
     folder: str | os.PathLike, dataset: Dataset | None = None, device: str = "auto"
 ) -> Teacher:
-    """Read a teacher folder (safetensors + JSON), checked against ``dataset`` when given."""
+    """Read a teacher folder (safetensors + JSON), checked against ``dataset`` when given.
+
+    A pool folder made by ``ddm pool`` serves too: its first finished network (the lowest
+    index) is the teacher, with the test accuracy the pool recorded for it."""
     folder = Path(folder)
+    from .pool import POOL_FILE
+
+    if (folder / POOL_FILE).exists() and not (folder / TEACHER_META).exists():
+        return _pool_teacher(folder, dataset, device)
     if not (folder / TEACHER_META).exists():
         hint = (
             " (training there was interrupted: rerun `ddm teacher` with the same settings)"
@@ -315,6 +322,52 @@ def load_teacher(
     if dataset is not None:
         check_teacher(meta, dataset, folder)
     net = _build(meta["model"], meta.get("depth"), meta)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise TeacherError(
+            f"teacher {folder}: weights do not fit {meta['model']} ({first})"
+        ) from None
+    net = net.to(resolve_device(device)).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Teacher(net, meta, folder)
+
+
+def _pool_teacher(folder: Path, dataset: Dataset | None, device: str) -> Teacher:
+    """The first finished network of a pool folder as a teacher."""
+    from .pool import POOL_FILE
+
+    try:
+        manifest = read_json(folder / POOL_FILE)
+    except RunFolderError as exc:
+        raise TeacherError(f"teacher {folder}: {exc}") from None
+    finished = sorted(manifest.get("networks") or [], key=lambda n: n.get("index", 0))
+    if not finished:
+        raise TeacherError(
+            f"pool {folder} has no finished network to teach with; finish it by rerunning "
+            "`ddm pool` with its settings"
+        )
+    entry = finished[0]
+    meta = {
+        key: manifest.get(key)
+        for key in ("dataset", "classes", "num_classes", "image_size", "channels", "mean", "std")
+    }
+    meta.update(
+        model=manifest.get("model"),
+        depth=manifest.get("depth"),
+        test_accuracy=entry.get("test_accuracy"),
+        recipe=manifest.get("recipe", {}),
+        pool_network=entry.get("index"),
+    )
+    if dataset is not None:
+        check_teacher(meta, dataset, folder)
+    try:
+        state = load_tensors(folder / str(entry.get("final", "")))
+    except RunFolderError as exc:
+        raise TeacherError(f"teacher {folder}: {exc}") from None
+    net = _build(meta["model"], meta["depth"], meta)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

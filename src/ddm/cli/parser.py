@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=pool_defaults.lr, help="(%(default)s)")
     p.add_argument("--seed", type=int, default=pool_defaults.seed, help="(%(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument(
+        "--precision",
+        default=pool_defaults.precision,
+        help="fp32 | bf16 | auto: the networks' forward in bf16 autocast where bf16 is "
+        "faster (%(default)s)",
+    )
     p.add_argument("--out", required=True, help="pool folder (continued if it holds a pool)")
     p.set_defaults(func=cmd_pool)
 

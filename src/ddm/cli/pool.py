@@ -19,6 +19,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
     manifest = train_pool(cfg, args.out, progress=not args.quiet)
     accs = [n["test_accuracy"] for n in manifest["networks"]]

@@ -96,7 +96,12 @@ def add_label_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="softmax temperature of the soft-label KL loss (default: the recipe's)",
     )
-    g.add_argument("--teacher", default=None, metavar="DIR", help="a teacher folder")
+    g.add_argument(
+        "--teacher",
+        default=None,
+        metavar="DIR",
+        help="a teacher folder, or a pool folder (`ddm pool`: its first network)",
+    )
     g.add_argument(
         "--teachers-dir",
         default=None,
