@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
+from ..config import EvalConfig
 from .baseline import cmd_baseline
 from .common import _add_condense_flags, _add_eval_flags
 from .condense import cmd_condense, cmd_presets
 from .demo import DEMO_BATCH_REAL, DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_RUNS, cmd_demo
 from .evaluate import cmd_evaluate
+from .flags import add_flags
 from .pool import cmd_pool
 from .prepare import cmd_prepare
 from .show import cmd_export, cmd_show
@@ -80,11 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of images.pt + labels.pt (tensors/ddranking exports, DD-Ranking's input) or a DM/DC "
         ".pt file made by another tool",
     )
-    p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
     _add_eval_flags(p)
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
-    p.add_argument("--device", default="auto")
+    add_flags(p, EvalConfig, only=("device",))
     g = p.add_argument_group("sets made elsewhere (image folders, DM/DC .pt files)")
     g.add_argument("--dataset", default=None, help="the real data to test on (required for them)")
     g.add_argument("--image-size", type=int, default=None, help="for image-folder datasets")
@@ -196,11 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_teacher_parser(sub)
 
-    from ..diagnose import add_parser as add_diagnose
+    from .diagnose import add_parser as add_diagnose
 
     add_diagnose(sub)
 
-    from ..continual import add_parsers as add_continual
+    from .continual import add_parsers as add_continual
 
     add_continual(sub)
 

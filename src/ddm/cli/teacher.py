@@ -73,29 +73,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def add_label_flags(p: argparse.ArgumentParser) -> None:
     """``ddm evaluate``'s labels, teacher, recipe and score flags."""
-    from ..recipes import RECIPES
+    from ..config import EvalConfig
+    from .flags import add_flags
 
     g = p.add_argument_group("labels, recipes and DD-Ranking's scores")
-    g.add_argument(
-        "--labels",
-        default="hard",
-        choices=("hard", "soft"),
-        help="hard: cross-entropy on class labels; soft: KL to a teacher's soft labels "
-        "(%(default)s)",
-    )
-    g.add_argument(
-        "--soft-label-mode",
-        default="M",
-        choices=("M", "S"),
-        help="soft labels: M, the teacher labels every augmented batch on the fly; S, the "
-        "per-image soft labels stored in the set (DD-Ranking's modes; %(default)s)",
-    )
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="softmax temperature of the soft-label KL loss (default: the recipe's)",
-    )
+    add_flags(g, EvalConfig, only=("labels", "soft_label_mode", "temperature"))
     g.add_argument("--teacher", default=None, metavar="DIR", help="a teacher folder")
     g.add_argument(
         "--teachers-dir",
@@ -104,14 +86,7 @@ def add_label_flags(p: argparse.ArgumentParser) -> None:
         help="folder of teachers: uses <DIR>/<dataset>-<teacher-model>",
     )
     g.add_argument("--teacher-model", default="convnet", help="with --teachers-dir (%(default)s)")
-    g.add_argument(
-        "--eval-recipe",
-        default="dm",
-        choices=tuple(RECIPES),
-        help="optimiser, schedule and augmentation of the trained models: "
-        + "; ".join(f"{k}: {r.summary}" for k, r in RECIPES.items())
-        + " (%(default)s)",
-    )
+    add_flags(g, EvalConfig, only=("recipe",))
     g.add_argument(
         "--scores",
         action="store_true",
