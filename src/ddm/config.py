@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import setting
+from .settings import check_value, setting, value_type
 
 __all__ = [
     "CondenseConfig",
@@ -28,6 +28,9 @@ __all__ = [
     "check_stated_method_settings",
     "available_presets",
     "load_preset",
+    "check_settings",
+    "restated_defaults",
+    "PRESET_IDENTITY",
 ]
 
 METHODS = ("dm", "ddm", "idm", "ncfm")
@@ -658,5 +661,48 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in known:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(known)}")
     preset = json.loads(files("ddm").joinpath("presets", f"{name}.json").read_text())
-    config_from_dict(CondenseConfig, preset["settings"])  # validates the keys
+    check_settings(CondenseConfig, preset["settings"], f"preset {name}")
     return preset
+
+
+# What names a preset (kept even where a default says the same); every other key of a preset
+# states only what differs from what its method, form and base fill (``restated_defaults``).
+PRESET_IDENTITY = ("dataset", "method", "form", "ipc")
+
+
+def check_settings(cls: type, values: dict[str, Any], where: str) -> None:
+    """Refuse unknown keys, values of the wrong type and values outside a flag's choices,
+    as the fields of ``cls`` declare them (``ddm.settings``); one ValueError line."""
+    try:
+        config_from_dict(cls, values)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    for key, value in values.items():
+        kind, optional = value_type(cls, key)
+        if value is None and optional:
+            continue
+        checked = check_value(f"{where}: {key}", value, kind)
+        meta = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("flag")
+        choices = meta.choices() if meta and callable(meta.choices) else meta and meta.choices
+        if choices and checked not in choices:
+            raise ValueError(f"{where}: {key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def restated_defaults(settings: dict[str, Any]) -> list[str]:
+    """The keys of condensation ``settings`` (other than ``PRESET_IDENTITY``) that state what
+    the dataclass, method, form or base would fill anyway: leaving each out, one after the
+    other, resolves to the same ``CondenseConfig``."""
+    want = CondenseConfig(**settings).resolved()
+    kept, restated = dict(settings), []
+    for key in settings:
+        if key in PRESET_IDENTITY:
+            continue
+        trial = {k: v for k, v in kept.items() if k != key}
+        try:
+            same = CondenseConfig(**trial).resolved() == want
+        except ValueError:  # a setting the method needs stated (e.g. ncfm's pool)
+            same = False
+        if same:
+            kept = trial
+            restated.append(key)
+    return restated

@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..pool import PoolConfig
 
-    pool_defaults = PoolConfig()
     p = sub.add_parser(
         "pool",
         help="train networks on the real data for NCFM (initial and final weights kept)",
@@ -58,18 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum 0.9, weight decay 5e-4, lr x0.2 at 2/3 and 5/6 of the epochs, batch 128, "
         "per-sample colour + crop and CutMix). Rerun the same command to continue.",
     )
-    p.add_argument("--dataset", default=pool_defaults.dataset, help="dataset name (%(default)s)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
-    p.add_argument("--model", default=pool_defaults.model, help="network (%(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: by resolution)")
-    p.add_argument("--networks", type=int, default=pool_defaults.networks, help="(%(default)s)")
-    p.add_argument(
-        "--epochs", type=int, default=pool_defaults.epochs, help="per network (%(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, default=pool_defaults.batch_size, help="(%(default)s)")
-    p.add_argument("--lr", type=float, default=pool_defaults.lr, help="(%(default)s)")
-    p.add_argument("--seed", type=int, default=pool_defaults.seed, help="(%(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_flags(p, PoolConfig, exclude=("momentum", "weight_decay"))
     p.add_argument("--out", required=True, help="pool folder (continued if it holds a pool)")
     p.set_defaults(func=cmd_pool)
 
