@@ -33,7 +33,8 @@ def test_preset_resolves_to_its_published_settings(name):
 
 @pytest.mark.parametrize("name", available_presets())
 def test_preset_restates_no_default(name):
-    assert restated_defaults(load_preset(name)["settings"]) == []
+    preset = load_preset(name)
+    assert restated_defaults(preset["settings"], preset.get("per_setting", ())) == []
 
 
 def test_restated_defaults_finds_what_the_form_fills():
@@ -44,8 +45,12 @@ def test_restated_defaults_finds_what_the_form_fills():
         "iterations",
     ]
     # a setting the method needs is kept even where it equals nothing filled
-    ncfm = {"dataset": "cifar10", "method": "ncfm", "base": "ncfm", "pool": "p"}
-    assert restated_defaults(ncfm) == ["base"]
+    ncfm = {"dataset": "cifar10", "method": "ncfm", "pool": "p", "init": "real"}
+    assert restated_defaults(ncfm) == ["init"]
+    # what names the preset, and what its source lists per setting, stays
+    idm = {"dataset": "cifar10", "method": "idm", "base": "idm", "ipc": 10, "ce_weight": 0.5}
+    assert restated_defaults(idm) == ["ce_weight"]
+    assert restated_defaults(idm, keep=("ce_weight",)) == []
 
 
 @pytest.mark.parametrize(

@@ -662,12 +662,17 @@ def load_preset(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(known)}")
     preset = json.loads(files("ddm").joinpath("presets", f"{name}.json").read_text())
     check_settings(CondenseConfig, preset["settings"], f"preset {name}")
+    unknown = set(preset.get("per_setting", ())) - set(preset["settings"])
+    if unknown:
+        raise ValueError(f"preset {name}: per_setting names unstated {', '.join(sorted(unknown))}")
     return preset
 
 
 # What names a preset (kept even where a default says the same); every other key of a preset
-# states only what differs from what its method, form and base fill (``restated_defaults``).
-PRESET_IDENTITY = ("dataset", "method", "form", "ipc")
+# states only what differs from what its method, form and base fill (``restated_defaults``),
+# or is listed in the preset's "per_setting": the settings its source gives per dataset and
+# images per class (e.g. IDM's ce_weight), stated even where one equals the default.
+PRESET_IDENTITY = ("dataset", "method", "form", "base", "ipc")
 
 
 def check_settings(cls: type, values: dict[str, Any], where: str) -> None:
@@ -688,14 +693,14 @@ def check_settings(cls: type, values: dict[str, Any], where: str) -> None:
             raise ValueError(f"{where}: {key}: expected one of {', '.join(choices)}, got {value!r}")
 
 
-def restated_defaults(settings: dict[str, Any]) -> list[str]:
-    """The keys of condensation ``settings`` (other than ``PRESET_IDENTITY``) that state what
-    the dataclass, method, form or base would fill anyway: leaving each out, one after the
-    other, resolves to the same ``CondenseConfig``."""
+def restated_defaults(settings: dict[str, Any], keep: Iterable[str] = ()) -> list[str]:
+    """The keys of condensation ``settings`` (other than ``PRESET_IDENTITY`` and ``keep``) that
+    state what the dataclass, method, form or base would fill anyway: leaving each out, one
+    after the other, resolves to the same ``CondenseConfig``."""
     want = CondenseConfig(**settings).resolved()
     kept, restated = dict(settings), []
     for key in settings:
-        if key in PRESET_IDENTITY:
+        if key in PRESET_IDENTITY or key in keep:
             continue
         trial = {k: v for k, v in kept.items() if k != key}
         try:
