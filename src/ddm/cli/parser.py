@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that take --config, and how their files are read (see ddm.configfile): where the
+# Commands that take --config, and how their files are read (see ddm.cli.configfile): where the
 # outputs go is given on the command line; continual's saved config.json keeps its settings
 # in a "continual" section, with --set's settings under "condense".
 _CONFIG_COMMANDS: dict[str, dict[str, Any]] = {
@@ -259,7 +259,7 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
-    from ..configfile import apply_config_file
+    from .configfile import apply_config_file
 
     rules = dict(_CONFIG_COMMANDS[args.command])
     if args.command == "condense":
