@@ -188,7 +188,7 @@ class CondenseConfig:
     # DDM terms (None: the form's default; 0 removes the term and its cost)
     form: str | None = setting(
         None,
-        help="DDM's form: " + " | ".join(FORMS) + "; sets the defaults of the settings below",
+        help="DDM's form: " + " | ".join(FORMS) + "; sets the defaults of DDM's settings",
         shown=lambda: DEFAULT_FORM,
     )
     style_tap: str | None = setting(

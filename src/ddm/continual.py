@@ -96,8 +96,9 @@ class ContinualConfig:
     dataset: str = shared(CondenseConfig, "dataset", "cifar100")
     data_root: str | None = shared(CondenseConfig, "data_root")
     image_size: int | None = shared(CondenseConfig, "image_size")  # only for image folders
-    method: str = setting(  # random | herding | dm | ddm | idm
-        "dm", help="how each step is condensed", choices=CONTINUAL_METHODS
+    # random | herding | dm | ddm | idm | ncfm
+    method: str = shared(
+        CondenseConfig, "method", help="how each step is condensed", choices=CONTINUAL_METHODS
     )
     steps: int = setting(5, help="class groups")
     ipc: int = shared(CondenseConfig, "ipc", 20, help="memory images per class")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,13 +73,16 @@ def add_flags(
     only: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
     suppress: bool = False,
 ) -> list[str]:
     """Add the flags of ``cls``'s fields (those in ``only``, in its order, else every field
-    that declares one, minus ``exclude``) to ``parser``; ``defaults``: per-command defaults
-    by field name. Returns the field names added."""
-    defaults = defaults or {}
+    that declares one, minus ``exclude``) to ``parser``; ``defaults`` and ``helps``: a
+    command's own defaults and help texts, by field name. Returns the field names added."""
+    defaults, helps = defaults or {}, helps or {}
     specs = flag_specs(cls, only, exclude)
     for spec in specs:
+        if spec.name in helps:
+            spec = dataclasses.replace(spec, help=helps[spec.name])
         add_flag(parser, spec, default=defaults.get(spec.name), suppress=suppress)
     return [s.name for s in specs]

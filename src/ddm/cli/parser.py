@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
-from ..config import EvalConfig
+from ..config import CondenseConfig, EvalConfig
+from ..continual import ContinualConfig
+from ..settings import flag_spec
 from .baseline import cmd_baseline
 from .common import _add_condense_flags, _add_eval_flags
 from .condense import cmd_condense, cmd_presets
@@ -106,25 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument(
-        "--holdout",
-        type=int,
-        default=0,
-        help="train images per class held out, never selected (as condense --holdout)",
-    )
-    p.add_argument("--ipc", type=int, default=10)
+    add_flags(p, CondenseConfig, only=("dataset", "data_root", "image_size"))
+    holdout = "train images per class held out, never selected (as condense --holdout)"
+    add_flags(p, CondenseConfig, only=("holdout",), helps={"holdout": holdout})
+    add_flags(p, CondenseConfig, only=("ipc",))
     p.add_argument("--method", default="random", help="random | herding")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--herding-epochs",
-        type=int,
-        default=2,
-        help="epochs of training for herding's embedding net (%(default)s)",
-    )
-    p.add_argument("--device", default="auto")
+    add_flags(p, CondenseConfig, only=("seed",))
+    add_flags(p, ContinualConfig, only=("herding_epochs",))
+    add_flags(p, CondenseConfig, only=("device",))
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_baseline)
@@ -192,35 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_continual(sub)
 
-    from ..config import DEFAULT_FORM, PRECISIONS
-
     p = sub.add_parser(
         "demo", help="the flagship: DDM beside DM and a random subset on the embedded digits"
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument(
-        "--form",
-        default=None,
-        help=f"DDM's form: paper | released (default: the toolkit's, {DEFAULT_FORM})",
+    add_flags(p, CondenseConfig, only=("form", "ipc"))
+    add_flags(
+        p,
+        CondenseConfig,
+        only=("iterations", "batch_real"),
+        defaults={"iterations": DEMO_ITERATIONS, "batch_real": DEMO_BATCH_REAL},
+        helps={"iterations": "condensation iterations per set"},
     )
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help="per set (%(default)s)")
-    p.add_argument("--batch-real", type=int, default=DEMO_BATCH_REAL, help="(%(default)s)")
-    p.add_argument(
-        "--epochs", type=int, default=DEMO_EPOCHS, help="training epochs per model (%(default)s)"
+    add_flags(
+        p,
+        EvalConfig,
+        only=("epochs", "runs", "precision"),
+        defaults={"epochs": DEMO_EPOCHS, "runs": DEMO_RUNS},
+        helps={
+            "runs": "models trained per set",
+            "precision": "condensation and evaluation: " + flag_spec(EvalConfig, "precision").help,
+        },
     )
-    p.add_argument(
-        "--runs", type=int, default=DEMO_RUNS, help="models trained per set (%(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="condensation and evaluation: auto | fp32 | bf16 (%(default)s: bf16 where the "
-        "hardware runs it fast)",
-    )
+    add_flags(p, CondenseConfig, only=("seed", "device"))
     p.set_defaults(func=cmd_demo)
 
     for name in _CONFIG_COMMANDS:
