@@ -124,13 +124,10 @@ _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _shown(value: Any) -> str:
-    return (
-        str(value).lower()
-        if isinstance(value, bool)
-        else f"{value:g}"
-        if isinstance(value, float)
-        else str(value)
-    )
+    """A default as the help shows it: true/false, 1e-3 as 0.001, 1.0 as 1."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _by_method(name: str) -> str:
