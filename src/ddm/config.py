@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import check_value, setting, value_type
+from .settings import check_value, setting, shared, value_type
 
 __all__ = [
     "CondenseConfig",
@@ -443,9 +443,9 @@ class EvalConfig:
     # False: no augmentation at all (no DSA, no CutMix): DD-Ranking's "noaug"
     dsa: bool = setting(True, help="augmentation on/off (false: none at all)")
     seed: int = setting(0, help="seed of the trained models", flag="eval-seed")
-    device: str = setting("auto", help=DEVICE_HELP)
+    device: str = shared(CondenseConfig, "device")
     # the training's forward
-    precision: str = setting(DEFAULT_EVAL_PRECISION, help=PRECISION_HELP, choices=PRECISIONS)
+    precision: str = shared(CondenseConfig, "precision", DEFAULT_EVAL_PRECISION)
     # 0: test on the test split; N: on the N train images per class the set was condensed
     # without (its --holdout), for tuning without the test set
     holdout: int = setting(

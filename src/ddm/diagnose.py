@@ -71,8 +71,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import DEVICE_HELP
-from .settings import setting
+from .config import CondenseConfig
+from .settings import setting, shared
 
 if TYPE_CHECKING:
     import torch
@@ -587,7 +587,7 @@ class DiagnoseConfig:
     nets: int = setting(5, help="random ConvNets")
     batch: int = setting(256, help="real images per class")
     seed: int = setting(0, help="seed of the networks and the random subset")
-    device: str = setting("auto", help=DEVICE_HELP)
+    device: str = shared(CondenseConfig, "device")
 
 
 def summary(report: DiagnoseReport) -> str:
