@@ -155,6 +155,16 @@ def cmd_report(args: argparse.Namespace) -> None:
             "precision": _precision(args.precision, args.device),
         },
     }
+    pool_file = Path(args.teacher or "") / "pool.json"
+    if args.teacher and pool_file.is_file():  # the pool the NCFM rows matched with, too
+        manifest = json.loads(pool_file.read_text())
+        record["pool"] = {
+            "recipe": manifest["recipe"],
+            "networks": [
+                {k: n.get(k) for k in ("index", "test_accuracy", "accuracy_by_epoch")}
+                for n in manifest["networks"]
+            ],
+        }
     lines = [f"full real data (teacher): {full} %" if full is not None else "", ""]
     for protocol in args.protocols:
         got = table.get(protocol, {})

@@ -155,7 +155,7 @@ def count_flops(fn) -> tuple[float, object]:
 
 
 def _make_run(args, name: str, ipc: int, dataset, precision: str | None = None):
-    from ddm.condense import _Run
+    from ddm.condense import Run
     from ddm.config import CondenseConfig, parse_overrides
 
     name, compiled = name.removesuffix("+compile"), name.endswith("+compile")
@@ -185,7 +185,7 @@ def _make_run(args, name: str, ipc: int, dataset, precision: str | None = None):
         device="cpu",
         **extra,
     ).resolved()
-    return _Run(cfg, dataset, None)
+    return Run(cfg, dataset, None)
 
 
 def paired(args) -> None:

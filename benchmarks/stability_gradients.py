@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from ddm.augment import sample_params
-from ddm.condense import _Run
+from ddm.condense import Run
 from ddm.config import CondenseConfig
 from ddm.data import load_dataset
 from ddm.objective import objective, real_statistics
@@ -39,7 +39,7 @@ def term_gradients(dataset, ipc: int, scale: float, published: bool, batch: int)
         device="cpu",
         **extra,
     ).resolved()
-    run = _Run(cfg, dataset, None)
+    run = Run(cfg, dataset, None)
     net = run.base.network(0)
     size = (dataset.image_size, dataset.image_size)
     gens = [generator(0, 77, 0, c) for c in range(dataset.num_classes)]

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from ddm.augment import sample_params
-from ddm.bases import _new_net
-from ddm.condense import NonFiniteLossError, _Run
+from ddm.bases import new_net
+from ddm.condense import NonFiniteLossError, Run
 from ddm.config import CondenseConfig
 from ddm.data import load_dataset
 from ddm.io import atomic_write_json
@@ -39,7 +39,7 @@ DATASETS = ("digits", "mnist", "cifar10", "tiny-imagenet")
 SIZES = {"digits": "8x8", "mnist": "28x28", "cifar10": "32x32", "tiny-imagenet": "64x64"}
 
 
-def _embed_dim(run: _Run, dataset) -> int:
+def _embed_dim(run: Run, dataset) -> int:
     """The matching network's embedding size (D)."""
     net = run.base.network(0) if run.cfg.base == "dm" else run.base.nets[0]
     x = torch.zeros(1, dataset.channels, dataset.image_size, dataset.image_size)
@@ -50,7 +50,7 @@ def _embed_dim(run: _Run, dataset) -> int:
 PROBE_STREAM = 78  # generator(seed, PROBE_STREAM, k, class): the probes' real batches and DSA
 
 
-def probe_loss(run: _Run, dataset, nets: int, batch: int) -> float:
+def probe_loss(run: Run, dataset, nets: int, batch: int) -> float:
     """The matching objective of the current set, averaged over ``nets`` fixed random
     networks with fixed real batches and DSA draws (the same at every call): a measure of the
     set that, unlike the training loss, does not change with each iteration's network."""
@@ -58,7 +58,7 @@ def probe_loss(run: _Run, dataset, nets: int, batch: int) -> float:
     syn, _ = run.base.expand(run.images.detach(), run.labels)
     total = 0.0
     for k in range(nets):
-        net = _new_net(cfg, dataset, seed_for(cfg.seed, PROBE_STREAM, k), run.device)
+        net = new_net(cfg, dataset, seed_for(cfg.seed, PROBE_STREAM, k), run.device)
         net.train().requires_grad_(False)
         gens = [generator(cfg.seed, PROBE_STREAM, k, c) for c in range(dataset.num_classes)]
         batches = [dataset.class_batch(c, batch, g) for c, g in enumerate(gens)]
@@ -98,7 +98,7 @@ def run_cell(dataset, ipc: int, form: str, base: str, args) -> dict:
         model_batch=args.model_batch,
         weights_by_embedding=not args.published_weights,
     ).resolved()
-    run = _Run(cfg, dataset, None)
+    run = Run(cfg, dataset, None)
     weights = {"mm": cfg.w_mm, "cm": cfg.w_cm, "icd": cfg.w_icd, "cd": cfg.w_cd, "sd": cfg.w_sd}
     scale = run.weights.term_scale(_embed_dim(run, dataset))
     losses: list[float] = []

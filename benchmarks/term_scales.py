@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ddm.augment import sample_params
-from ddm.condense import _Run
+from ddm.condense import Run
 from ddm.config import CondenseConfig, config_from_dict
 from ddm.data import load_dataset
 from ddm.io import load_synthetic, read_json
@@ -54,7 +54,7 @@ def term_scales(folder: Path, steps: int, batch_real: int | None, data_root: str
     if data_root:
         cfg = dataclasses.replace(cfg, data_root=data_root)
     dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    run = _Run(cfg, dataset, None)
+    run = Run(cfg, dataset, None)
     syn = load_synthetic(folder)
     active = [t for t, w in WEIGHT_OF.items() if getattr(cfg, w) > 0]
     rows: dict[str, dict[str, float]] = {

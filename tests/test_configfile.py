@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ddm.cli import _condense_config, main, parse_command_line
+from ddm.cli.configfile import apply_config_file, config_settings
 from ddm.config import CondenseConfig, parse_overrides
-from ddm.configfile import apply_config_file, config_settings
 from ddm.continual import ContinualConfig
 from ddm.io import load_synthetic, read_json
 

@@ -15,11 +15,11 @@ import torch
 
 import ddm.continual as continual
 from ddm.baselines import random_subset
+from ddm.cli.continual import add_parsers
 from ddm.condense import condense as real_condense
 from ddm.continual import (
     ContinualConfig,
     _cache_key,
-    add_parsers,
     build_memory,
     class_order,
     class_subset,

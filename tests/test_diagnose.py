@@ -17,6 +17,7 @@ from PIL import Image
 
 import ddm.diagnose as dg
 from ddm.baselines import random_subset
+from ddm.cli.diagnose import add_parser
 from ddm.data import load_dataset
 from ddm.diagnose import (
     CONDENSED,
@@ -25,7 +26,6 @@ from ddm.diagnose import (
     SPREAD_KEYS,
     STYLE_KEYS,
     DiagnoseReport,
-    add_parser,
     diagnose,
     plot,
 )

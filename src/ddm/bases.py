@@ -31,7 +31,7 @@ from .io import expand
 from .models import build_model
 from .runtime import Stream, generator, seed_for
 
-__all__ = ["DMBase", "IDMBase", "make_base", "reinit_", "init_partitioned"]
+__all__ = ["DMBase", "IDMBase", "make_base", "new_net", "reinit_", "init_partitioned"]
 
 
 def reinit_(net: nn.Module, seed: int) -> nn.Module:
@@ -48,7 +48,8 @@ def reinit_(net: nn.Module, seed: int) -> nn.Module:
     return net
 
 
-def _new_net(cfg: CondenseConfig, dataset: Dataset, seed: int, device: torch.device) -> nn.Module:
+def new_net(cfg: CondenseConfig, dataset: Dataset, seed: int, device: torch.device) -> nn.Module:
+    """A fresh matching network of ``cfg.model`` for ``dataset``, initialised from ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         extra = {"depth": cfg.depth} if cfg.depth else {}
@@ -56,6 +57,9 @@ def _new_net(cfg: CondenseConfig, dataset: Dataset, seed: int, device: torch.dev
             cfg.model, dataset.channels, dataset.num_classes, dataset.image_size, **extra
         )
     return net.to(device)
+
+
+_new_net = new_net  # the earlier name
 
 
 def init_partitioned(

@@ -75,6 +75,7 @@ from .runtime import Stream, autocast, generator, resolve_precision, tune_alloca
 
 __all__ = [
     "NonFiniteLossError",
+    "Run",
     "condense",
     "resume_config",
     "check_run_folder",
@@ -365,8 +366,12 @@ class CompiledEntryPoints:
 # --- the run ------------------------------------------------------------------------------------
 
 
-class _Run:
-    """State of one condensation run: pixels, optimiser, base, iteration, outputs."""
+class Run:
+    """State of one condensation run: pixels, optimiser, base, iteration, outputs.
+
+    ``Run(cfg.resolved(), dataset, None)`` builds a run without a folder; ``step()`` takes
+    one iteration and returns (loss, per-term values) (benchmarks and probes use it).
+    """
 
     def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
         self.dataset, self.out = dataset, out
@@ -635,6 +640,9 @@ class _Run:
             if not getattr(self, "_curves_warned", False):
                 self._curves_warned = True
                 _notice(f"could not draw curves.png ({exc}); the run goes on without it")
+
+
+_Run = Run  # the earlier name
 
 
 def _auto_chunk(device: torch.device) -> int:

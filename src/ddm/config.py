@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .settings import check_value, setting, shared, value_type
+
 __all__ = [
     "CondenseConfig",
     "EvalConfig",
@@ -26,6 +28,9 @@ __all__ = [
     "check_stated_method_settings",
     "available_presets",
     "load_preset",
+    "check_settings",
+    "restated_defaults",
+    "PRESET_IDENTITY",
 ]
 
 METHODS = ("dm", "ddm", "idm", "ncfm")
@@ -49,6 +54,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # bf16 condensation and training are faster at every image size measured (8 x 8 to 64 x 64)
 DEFAULT_PRECISION = "auto"
 DEFAULT_EVAL_PRECISION = "auto"
+PRECISION_HELP = (
+    "auto | fp32 | bf16; auto: bf16 where the hardware has bf16 units, a short probe measures "
+    "bf16 faster than float32 and the images are >= 8 pixels across, else fp32"
+)
+DEVICE_HELP = "auto | cpu | cuda[:N]"
 
 # Settings a resumed run may change from its checkpoint on when asked to by name
 # (``condense(..., allow_changes=...)``, ``--allow-change``): they change what the remaining
@@ -113,71 +123,172 @@ _BASE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _shown(value: Any) -> str:
+    """A default as the help shows it: true/false, 1e-3 as 0.001, 1.0 as 1."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _by_method(name: str) -> str:
+    """The default of a setting the method, form or base fills, as the help shows it."""
+    if name == "base":
+        return "dm; idm and ncfm for methods idm and ncfm"
+    if any(name in block for block in _BASE_DEFAULTS.values()):
+        values = [
+            f"{b} {_shown(block[name])}" for b, block in _BASE_DEFAULTS.items() if name in block
+        ]
+        return "by base: " + ", ".join(values)
+    values = []
+    for form, block in FORMS.items():
+        if block[name] is None:  # w_cm of a form that leaves it to the correlation distance
+            by = ", ".join(f"{k} {_shown(w)}" for k, w in CORRELATION_WEIGHTS.items())
+            values.append(f"{form} by correlation ({by})")
+        else:
+            values.append(f"{form} {_shown(block[name])}")
+    return "by form: " + ", ".join(values)
+
+
 @dataclass(frozen=True)
 class CondenseConfig:
     """Everything that decides a condensation run's result (and a few speed switches)."""
 
-    dataset: str = "digits"
-    data_root: str | None = None
-    image_size: int | None = None  # only for image folders (resize target)
+    dataset: str = setting("digits", help="dataset name")
+    data_root: str | None = setting(None, help="folder holding the dataset's files")
+    # only for image folders (resize target)
+    image_size: int | None = setting(None, help="resize target for image-folder datasets")
     # train images per class held out (never condensed from), for tuning without the test
     # set: `ddm evaluate --holdout N` tests on them (Dataset.holdout)
-    holdout: int = 0
-    ipc: int = 10
-    method: str = "dm"  # dm | ddm | idm | ncfm
-    base: str | None = None  # dm | idm | ncfm; None: idm/ncfm for methods idm/ncfm, else dm
-    iterations: int = 20000
-    batch_real: int = 256
-    lr_img: float | None = None  # None: 1.0 on the DM base, 0.2 on IDM
-    momentum: float = 0.5
-    init: str = "real"  # real | noise
-    model: str = "convnet"
-    depth: int | None = None  # ConvNet depth; None: by resolution (3 for 32, 4 for 64, 5 for 128)
-    dsa: bool = True
-    seed: int = 0
+    holdout: int = setting(
+        0,
+        help="train images per class held out, never condensed from (for tuning: `ddm evaluate "
+        "--holdout N` tests on them); 0: none",
+    )
+    ipc: int = setting(10, help="images per class")
+    method: str = setting("dm", help=" | ".join(METHODS))
+    # None: idm/ncfm for methods idm/ncfm, else dm
+    base: str | None = setting(
+        None, help="base of ddm: " + " | ".join(BASES), shown=lambda: _by_method("base")
+    )
+    iterations: int = setting(20000, help="condensation iterations")
+    batch_real: int = setting(256, help="real images per class and iteration")
+    lr_img: float | None = setting(
+        None, help="image learning rate", shown=lambda: _by_method("lr_img")
+    )
+    momentum: float = setting(0.5, help="image optimiser momentum")
+    init: str = setting("real", help=" | ".join(INITS))
+    model: str = setting("convnet", help="matching network")
+    # ConvNet depth; None: by resolution (3 for 32, 4 for 64, 5 for 128)
+    depth: int | None = setting(None, help="ConvNet depth", shown="by resolution")
+    dsa: bool = setting(True, help="Siamese augmentation on/off")
+    seed: int = setting(0, help="random seed")
     # DDM terms (None: the form's default; 0 removes the term and its cost)
-    form: str | None = None  # paper | released (ddm only; None: DEFAULT_FORM)
-    style_tap: str | None = None  # act (after ReLU; paper) | conv (before the norm; released)
-    moments: str | None = None  # batch (paper: moments of the mean map) | persample (released)
-    moments_relative: bool | None = None  # divide by the target's mean square (released)
+    form: str | None = setting(
+        None,
+        help="DDM's form: " + " | ".join(FORMS) + "; sets the defaults of DDM's settings",
+        shown=lambda: DEFAULT_FORM,
+    )
+    style_tap: str | None = setting(
+        None,
+        help="DDM style maps: act (after ReLU) | conv (before norm)",
+        shown=lambda: _by_method("style_tap"),
+    )
+    moments: str | None = setting(
+        None,
+        help="DDM moments estimator: batch (moments of the mean map) | persample",
+        shown=lambda: _by_method("moments"),
+    )
+    moments_relative: bool | None = setting(
+        None,
+        help="DDM moment distances relative to the target's mean square",
+        shown=lambda: _by_method("moments_relative"),
+    )
     # L_CM's distance: sum (published: sum of squared Gram differences) | cosine (scale-free)
-    correlation: str | None = None
-    w_mm: float | None = None
-    w_cm: float | None = None
-    w_icd: float | None = None  # paper's KL diversity
-    icd_k: int | None = None  # None: max(1, round(0.2 ipc)), capped at ipc - 1
-    icd_neighbour_grad: bool = True  # gradient through the neighbour mean (the reference's)
-    w_cd: float | None = None  # released bounded diversity L_CD
-    cd_rank: int = 0  # L_CD's principal directions; 0: min(images per class - 1, 16)
-    w_sd: float | None = None  # optional style-spread L_SD (released; off by default)
+    correlation: str | None = setting(
+        None,
+        help="DDM Gram distance: sum (published) | cosine (scale-free)",
+        shown=lambda: _by_method("correlation"),
+    )
+    w_mm: float | None = setting(None, help="DDM moments weight", shown=lambda: _by_method("w_mm"))
+    w_cm: float | None = setting(
+        None, help="DDM correlation weight", shown=lambda: _by_method("w_cm")
+    )
+    w_icd: float | None = setting(
+        None, help="DDM KL diversity weight", shown=lambda: _by_method("w_icd")
+    )
+    # None: max(1, round(0.2 ipc)), capped at ipc - 1
+    icd_k: int | None = setting(
+        None, help="DDM diversity neighbours", shown="round(0.2 x images per class)"
+    )
+    # gradient through the neighbour mean (the reference's)
+    icd_neighbour_grad: bool = setting(
+        True, help="gradient through the neighbour mean (reference: true)"
+    )
+    w_cd: float | None = setting(
+        None, help="DDM bounded spread weight L_CD", shown=lambda: _by_method("w_cd")
+    )
+    cd_rank: int = setting(0, help="L_CD principal directions (0: min(images per class - 1, 16))")
+    w_sd: float | None = setting(
+        None, help="DDM style-spread weight L_SD", shown=lambda: _by_method("w_sd")
+    )
     # DDM's term weights x D / 2048 (D: the matching network's embedding size), so that they
     # weigh against L_MMD as calibrated on CIFAR-10 (D = 2048, where the factor is exactly 1;
     # docs/guide/stability.md); false: the weights as given (the published behaviour)
-    weights_by_embedding: bool = True
+    weights_by_embedding: bool = setting(
+        True,
+        help="DDM term weights x D / 2048 (D: the embedding size; 1 for every ConvNet at 32 px "
+        "or more), as calibrated against L_MMD; false: the published weights as given",
+    )
     # IDM base (docs/method.md, 'IDM'; None: the base's default)
-    factor: int | None = None  # partition/expansion factor: 2 on IDM, 1 on DM
-    ce_weight: float | None = None  # class-aware regularisation: 0.5 on IDM
-    net_init: int = 3  # queue models at the start
-    net_num: int = 100  # queue capacity
-    net_generate_interval: int = 30  # iterations between new queue models
-    fetch_net_num: int = 2  # queue models trained after each iteration
-    model_train_steps: int = 10  # SGD steps per trained queue model
-    model_batch: int = 256  # real images per queue-training step
-    model_lr: float = 0.01
+    factor: int | None = setting(
+        None, help="IDM partition/expansion factor", shown=lambda: _by_method("factor")
+    )
+    ce_weight: float | None = setting(
+        None,
+        help="IDM class-aware regularisation weight",
+        shown=lambda: _by_method("ce_weight"),
+    )
+    net_init: int = setting(3, help="IDM queue models at the start")
+    net_num: int = setting(100, help="IDM queue capacity")
+    net_generate_interval: int = setting(30, help="IDM iterations between new queue models")
+    fetch_net_num: int = setting(2, help="IDM queue models trained per iteration")
+    model_train_steps: int = setting(10, help="IDM SGD steps per trained queue model")
+    model_batch: int = setting(256, help="IDM real images per queue-training step")
+    model_lr: float = setting(0.01, help="IDM queue-model learning rate")
     # NCFM base (docs/method.md, 'NCFM'; None: the base's default, unused on other bases)
-    pool: str | None = None  # folder of trained networks (`ddm pool`)
-    num_freqs: int | None = None  # Gaussian frequencies per class and iteration: 4096
-    optimizer_img: str | None = None  # adamw (default) | sgd (uses lr_img and momentum)
-    ncfm_sampler: bool | None = None  # NCFM's frequency sampler psi (None/false: off)
-    # precision of the network's forward: auto | fp32 | bf16 (changes the result slightly);
-    # a run records the resolved fp32 | bf16 in config.json and meta.json
-    precision: str = DEFAULT_PRECISION
+    pool: str | None = setting(None, help="NCFM: folder of trained networks made by `ddm pool`")
+    num_freqs: int | None = setting(
+        None,
+        help="NCFM: Gaussian frequencies per class and iteration",
+        shown=lambda: _by_method("num_freqs"),
+    )
+    optimizer_img: str | None = setting(
+        None,
+        help="NCFM image optimiser: " + " | ".join(IMAGE_OPTIMIZERS) + " (sgd uses --lr-img "
+        "and --momentum)",
+        shown=lambda: _by_method("optimizer_img"),
+    )
+    ncfm_sampler: bool | None = setting(
+        None,
+        help="NCFM: frequencies from a sampler network trained to maximise the loss (64 "
+        "frequencies, 4 distinct; one process only)",
+        shown="false",
+    )
+    # precision of the network's forward (changes the result slightly); a run records the
+    # resolved fp32 | bf16 in config.json and meta.json
+    precision: str = setting(DEFAULT_PRECISION, help=PRECISION_HELP, choices=PRECISIONS)
     # run management and speed (do not change the result)
-    device: str = "auto"
-    checkpoint_every: int = 500
-    real_chunk: int = 0  # real images per no-grad forward; 0: automatic
-    channels_last: bool = False
-    compile: bool = False
+    device: str = setting("auto", help=DEVICE_HELP)
+    checkpoint_every: int = setting(500, help="iterations between checkpoints (0: only at the end)")
+    real_chunk: int = setting(0, help="real images per no-grad forward (0: automatic)")
+    channels_last: bool = setting(False, help="channels-last memory format", switch=True)
+    compile: bool = setting(
+        False,
+        help="torch.compile the network's embedding (DM, IDM: about 0.85-0.9x a DM iteration on "
+        "CPU after a first iteration that compiles; DDM's style passes stay eager; needs a C++ "
+        "compiler)",
+        switch=True,
+    )
 
     def resolved(self) -> CondenseConfig:
         """Fill method/base defaults and validate; raises ValueError with what to do."""
@@ -301,31 +412,67 @@ class CondenseConfig:
         return dataclasses.asdict(self)
 
 
+def _recipe_names() -> tuple[str, ...]:
+    from .recipes import RECIPES
+
+    return tuple(RECIPES)
+
+
+def _recipe_help() -> str:
+    from .recipes import RECIPES
+
+    return "optimiser, schedule and augmentation of the trained models: " + "; ".join(
+        f"{k}: {r.summary}" for k, r in RECIPES.items()
+    )
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The field's evaluation protocol (docs/method.md, 'Evaluation protocol'); reducible."""
 
-    model: str = "convnet"
-    depth: int | None = None  # ConvNet depth; None: by resolution
-    epochs: int = 1000
-    runs: int = 5
+    model: str = setting("convnet", help="architecture")
+    # ConvNet depth; None: by resolution
+    depth: int | None = setting(None, help="ConvNet depth", shown="by resolution")
+    epochs: int = setting(1000, help="training epochs per model")
+    runs: int = setting(5, help="models trained")
     # optimiser settings; None: the recipe's (``ddm.recipes``; dm: 0.01, 0.9, 5e-4, 256)
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    batch_size: int | None = None
-    dsa: bool = True  # False: no augmentation at all (no DSA, no CutMix): DD-Ranking's "noaug"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = DEFAULT_EVAL_PRECISION  # auto | fp32 | bf16 (the training's forward)
+    lr: float | None = setting(None, help="learning rate", shown="the recipe's")
+    momentum: float | None = setting(None, help="SGD momentum", shown="the recipe's")
+    weight_decay: float | None = setting(None, help="weight decay", shown="the recipe's")
+    batch_size: int | None = setting(None, help="batch size", shown="the recipe's")
+    # False: no augmentation at all (no DSA, no CutMix): DD-Ranking's "noaug"
+    dsa: bool = setting(True, help="augmentation on/off (false: none at all)")
+    seed: int = setting(0, help="seed of the trained models", flag="eval-seed")
+    device: str = shared(CondenseConfig, "device")
+    # the training's forward
+    precision: str = shared(CondenseConfig, "precision", DEFAULT_EVAL_PRECISION)
     # 0: test on the test split; N: on the N train images per class the set was condensed
     # without (its --holdout), for tuning without the test set
-    holdout: int = 0
-    recipe: str = "dm"  # optimiser, schedule and mixing: a key of ddm.recipes.RECIPES
-    labels: str = "hard"  # hard | soft (a teacher's, KL loss)
-    soft_label_mode: str = "M"  # soft labels: M, the teacher on every batch; S, stored per image
-    temperature: float | None = None  # soft labels' temperature; None: the recipe's
-    teacher: str | None = None  # the teacher folder (soft labels, mode M)
+    holdout: int = setting(
+        0,
+        help="test on the N train images per class the set was condensed without (its "
+        "--holdout) instead of the test split, for tuning; 0: the test split",
+    )
+    # optimiser, schedule and mixing: a key of ddm.recipes.RECIPES
+    recipe: str = setting("dm", help=_recipe_help, choices=_recipe_names, flag="eval-recipe")
+    labels: str = setting(
+        "hard",
+        help="hard: cross-entropy on class labels; soft: KL to a teacher's soft labels",
+        choices=("hard", "soft"),
+    )
+    # soft labels: M, the teacher on every batch; S, stored per image
+    soft_label_mode: str = setting(
+        "M",
+        help="soft labels: M, the teacher labels every augmented batch on the fly; S, the "
+        "per-image soft labels stored in the set (DD-Ranking's modes)",
+        choices=("M", "S"),
+    )
+    temperature: float | None = setting(
+        None, help="softmax temperature of the soft-label KL loss", shown="the recipe's"
+    )
+    # the teacher folder (soft labels, mode M); the command line names it with --teacher or
+    # --teachers-dir
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         check_finite(self)
@@ -511,5 +658,53 @@ def load_preset(name: str) -> dict[str, Any]:
     if name not in known:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(known)}")
     preset = json.loads(files("ddm").joinpath("presets", f"{name}.json").read_text())
-    config_from_dict(CondenseConfig, preset["settings"])  # validates the keys
+    check_settings(CondenseConfig, preset["settings"], f"preset {name}")
+    unknown = set(preset.get("per_setting", ())) - set(preset["settings"])
+    if unknown:
+        raise ValueError(f"preset {name}: per_setting names unstated {', '.join(sorted(unknown))}")
     return preset
+
+
+# What names a preset (kept even where a default says the same); every other key of a preset
+# states only what differs from what its method, form and base fill (``restated_defaults``),
+# or is listed in the preset's "per_setting": the settings its source gives per dataset and
+# images per class (e.g. IDM's ce_weight), stated even where one equals the default.
+PRESET_IDENTITY = ("dataset", "method", "form", "base", "ipc")
+
+
+def check_settings(cls: type, values: dict[str, Any], where: str) -> None:
+    """Refuse unknown keys, values of the wrong type and values outside a flag's choices,
+    as the fields of ``cls`` declare them (``ddm.settings``); one ValueError line."""
+    try:
+        config_from_dict(cls, values)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    for key, value in values.items():
+        kind, optional = value_type(cls, key)
+        if value is None and optional:
+            continue
+        checked = check_value(f"{where}: {key}", value, kind)
+        meta = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("flag")
+        choices = meta.choices() if meta and callable(meta.choices) else meta and meta.choices
+        if choices and checked not in choices:
+            raise ValueError(f"{where}: {key}: expected one of {', '.join(choices)}, got {value!r}")
+
+
+def restated_defaults(settings: dict[str, Any], keep: Iterable[str] = ()) -> list[str]:
+    """The keys of condensation ``settings`` (other than ``PRESET_IDENTITY`` and ``keep``) that
+    state what the dataclass, method, form or base would fill anyway: leaving each out, one
+    after the other, resolves to the same ``CondenseConfig``."""
+    want = CondenseConfig(**settings).resolved()
+    kept, restated = dict(settings), []
+    for key in settings:
+        if key in PRESET_IDENTITY or key in keep:
+            continue
+        trial = {k: v for k, v in kept.items() if k != key}
+        try:
+            same = CondenseConfig(**trial).resolved() == want
+        except ValueError:  # a setting the method needs stated (e.g. ncfm's pool)
+            same = False
+        if same:
+            kept = trial
+            restated.append(key)
+    return restated

@@ -21,7 +21,6 @@ Steps are numbered from 1, orders from 0 (the order's seed).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -40,14 +39,7 @@ import torch
 from . import __version__
 from .baselines import BASELINE_SETTINGS, BASELINES, make_baseline
 from .condense import CHECKPOINT_FILE, condense
-from .config import (
-    DEFAULT_EVAL_PRECISION,
-    METHODS,
-    PRECISIONS,
-    CondenseConfig,
-    EvalConfig,
-    parse_overrides,
-)
+from .config import METHODS, PRECISION_HELP, PRECISIONS, CondenseConfig, EvalConfig
 from .data import Dataset, Split, load_dataset
 from .evaluate import train_and_test
 from .io import (
@@ -62,6 +54,7 @@ from .io import (
     save_synthetic,
 )
 from .runtime import generator, resolve_device, resolve_precision, seed_for
+from .settings import setting, shared, shared_fields
 
 __all__ = [
     "ContinualConfig",
@@ -75,7 +68,6 @@ __all__ = [
     "plot_runs",
     "combined_table",
     "read_summary",
-    "add_parsers",
 ]
 
 BASELINE_METHODS = tuple(BASELINES)
@@ -95,37 +87,42 @@ OUTPUT_FILES = (CONFIG_FILE, PROGRESS_FILE, RESULTS_FILE, SUMMARY_CSV, SUMMARY_M
 RESTARTABLE_CHANGES = {"device", "data_root"}
 # Condensation settings that do not change the condensed set (not part of the cache key).
 _NOT_IN_KEY = {"device", "checkpoint_every", "real_chunk", "data_root", "compile"}
-# condensation settings that have their own continual flag
-_SET_BY_CONTINUAL = frozenset(
-    {"dataset", "data_root", "image_size", "ipc", "method", "base", "iterations", "batch_real"}
-    | {"form", "w_mm", "w_cm", "w_icd", "seed", "device"}
-)
 
 
 @dataclass(frozen=True)
 class ContinualConfig:
     """A class-incremental run; defaults: docs/method.md, 'Continual learning'."""
 
-    dataset: str = "cifar100"
-    data_root: str | None = None
-    image_size: int | None = None  # only for image folders
-    method: str = "dm"  # random | herding | dm | ddm | idm
-    steps: int = 5
-    ipc: int = 20
-    orders: int = 5  # class orders 0..orders-1
-    runs: int = 3  # evaluation models per (order, step)
-    epochs: int = 1000  # evaluation training epochs
-    eval_precision: str = DEFAULT_EVAL_PRECISION  # the evaluation's training: auto | fp32 | bf16
-    iterations: int = 20000  # condensation iterations per step
-    batch_real: int = 256
-    base: str | None = None
-    form: str | None = None  # DDM's form: paper | released (None: the default form)
-    w_mm: float | None = None
-    w_cm: float | None = None
-    w_icd: float | None = None
-    herding_epochs: int = 2
-    seed: int = 0  # condensation / selection seed (the class orders do not depend on it)
-    device: str = "auto"
+    dataset: str = shared(CondenseConfig, "dataset", "cifar100")
+    data_root: str | None = shared(CondenseConfig, "data_root")
+    image_size: int | None = shared(CondenseConfig, "image_size")  # only for image folders
+    # random | herding | dm | ddm | idm | ncfm
+    method: str = shared(
+        CondenseConfig, "method", help="how each step is condensed", choices=CONTINUAL_METHODS
+    )
+    steps: int = setting(5, help="class groups")
+    ipc: int = shared(CondenseConfig, "ipc", 20, help="memory images per class")
+    orders: int = setting(5, help="class orders 0..orders-1")
+    runs: int = shared(EvalConfig, "runs", 3, help="models per step")  # per (order, step)
+    epochs: int = shared(EvalConfig, "epochs", 1000, help="training epochs per model")
+    # the evaluation's training (condensation's precision: --set precision=...)
+    eval_precision: str = shared(
+        EvalConfig,
+        "precision",
+        flag="eval-precision",
+        help="the evaluation's training: " + PRECISION_HELP,
+    )
+    iterations: int = shared(CondenseConfig, "iterations", help="condensation iterations per step")
+    batch_real: int = shared(CondenseConfig, "batch_real")
+    base: str | None = shared(CondenseConfig, "base")
+    form: str | None = shared(CondenseConfig, "form")
+    w_mm: float | None = shared(CondenseConfig, "w_mm")
+    w_cm: float | None = shared(CondenseConfig, "w_cm")
+    w_icd: float | None = shared(CondenseConfig, "w_icd")
+    herding_epochs: int = setting(2, help="epochs of training for herding's embedding net")
+    # condensation / selection seed (the class orders do not depend on it)
+    seed: int = shared(CondenseConfig, "seed", help="condensation / selection seed")
+    device: str = shared(CondenseConfig, "device")
     # further CondenseConfig fields for every step (e.g. IDM's queue: model_train_steps)
     condense: dict[str, Any] | None = None
 
@@ -165,36 +162,23 @@ class ContinualConfig:
 
     def condense_config(self, dataset_name: str) -> CondenseConfig:
         """The (unresolved) condensation settings of one step."""
-        return CondenseConfig(
-            dataset=dataset_name,
-            data_root=self.data_root,
-            image_size=self.image_size,
-            ipc=self.ipc,
-            method=self.method,
-            base=self.base,
-            iterations=self.iterations,
-            batch_real=self.batch_real,
-            form=self.form,
-            w_mm=self.w_mm,
-            w_cm=self.w_cm,
-            w_icd=self.w_icd,
-            seed=self.seed,
-            device=self.device,
-            **(self.condense or {}),
-        )
+        given = {name: getattr(self, name) for name in _SET_BY_CONTINUAL}
+        return CondenseConfig(**{**given, "dataset": dataset_name, **(self.condense or {})})
 
     def eval_config(self, order: int, step: int) -> EvalConfig:
         """The evaluation protocol of (order, step): its own seed, ``runs`` models."""
-        return EvalConfig(
-            epochs=self.epochs,
-            runs=self.runs,
-            seed=seed_for(self.seed, EVAL_STREAM, order, step),
-            device=self.device,
-            precision=self.eval_precision,
-        )
+        given = {src: getattr(self, name) for name, src in _EVAL_SETTINGS.items()}
+        seed = seed_for(self.seed, EVAL_STREAM, order, step)
+        return EvalConfig(**given, seed=seed, device=self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# condensation settings that have their own continual flag (the fields declared as
+# CondenseConfig's), and the evaluation protocol's: {continual field: EvalConfig field}
+_SET_BY_CONTINUAL = frozenset(shared_fields(ContinualConfig, CondenseConfig))
+_EVAL_SETTINGS = shared_fields(ContinualConfig, EvalConfig)
 
 
 @dataclass(frozen=True)
@@ -642,88 +626,3 @@ def plot_runs(folders: Sequence[str | os.PathLike], path: str | os.PathLike) -> 
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def cmd_continual(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(ContinualConfig)}
-    try:
-        fields["condense"] = parse_overrides(args.set or []) or None
-    except ValueError as exc:
-        raise ValueError(f"--set: {exc}") from None
-    settings = ContinualConfig(**fields)
-    summary = run_continual(
-        settings,
-        args.out,
-        progress=not getattr(args, "quiet", False),
-        overwrite=args.overwrite,
-    )
-    print(Path(args.out, SUMMARY_MD).read_text(), end="")
-    if summary:
-        print(f"wrote {Path(args.out) / PLOT_FILE}")
-    return 0
-
-
-def cmd_continual_plot(args: argparse.Namespace) -> int:
-    plot_runs(args.runs_dirs, args.out)
-    print(combined_table(args.runs_dirs))
-    print(f"wrote {args.out}")
-    return 0
-
-
-def add_parsers(sub: Any) -> None:
-    """Register ``continual`` and ``continual-plot`` on an argparse subparsers object."""
-    d = ContinualConfig()
-    p = sub.add_parser("continual", help="class-incremental learning with condensed memories")
-    p.add_argument("--dataset", default=d.dataset, help="dataset name (%(default)s)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
-    p.add_argument("--image-size", type=int, default=None, help="resize target (image folders)")
-    p.add_argument(
-        "--method",
-        default=d.method,
-        choices=CONTINUAL_METHODS,
-        help="how each step is condensed (%(default)s)",
-    )
-    p.add_argument("--steps", type=int, default=d.steps, help="class groups (%(default)s)")
-    p.add_argument("--ipc", type=int, default=d.ipc, help="memory images per class (%(default)s)")
-    p.add_argument("--orders", type=int, default=d.orders, help="class orders (%(default)s)")
-    p.add_argument("--runs", type=int, default=d.runs, help="models per step (%(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per model (%(default)s)")
-    p.add_argument(
-        "--eval-precision",
-        default=d.eval_precision,
-        choices=PRECISIONS,
-        help="the evaluation's training precision (%(default)s: bf16 where the hardware is fast)",
-    )
-    p.add_argument("--iterations", type=int, default=d.iterations, help="per step (%(default)s)")
-    p.add_argument("--batch-real", type=int, default=d.batch_real, help="(%(default)s)")
-    p.add_argument("--base", default=None, help="base of ddm: dm | idm (default dm)")
-    p.add_argument("--form", default=None, help="DDM's form: paper | released (default form)")
-    p.add_argument("--w-mm", type=float, default=None, help="DDM moments weight (form's)")
-    p.add_argument("--w-cm", type=float, default=None, help="DDM correlation weight (form's)")
-    p.add_argument("--w-icd", type=float, default=None, help="DDM KL diversity weight (form's)")
-    p.add_argument("--herding-epochs", type=int, default=d.herding_epochs, help="(%(default)s)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="another condensation setting for every step, e.g. model_train_steps=5 (repeatable)",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help="condensation seed (%(default)s)")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda[:N] (%(default)s)")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="run folder (continued if it holds this run; a larger --orders extends it)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="discard a run with other settings")
-    p.set_defaults(func=cmd_continual)
-
-    p = sub.add_parser(
-        "continual-plot", help="plot and tabulate continual runs: accuracy vs classes seen"
-    )
-    p.add_argument("runs_dirs", nargs="+", metavar="RUN", help="continual run folder(s)")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.set_defaults(func=cmd_continual_plot)

@@ -66,11 +66,13 @@ that registering the sub-command (``add_parser``) keeps ``ddm --help`` fast.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .config import CondenseConfig
+from .settings import setting, shared
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
     from .data import Dataset
     from .io import SyntheticSet
 
-__all__ = ["DiagnoseReport", "diagnose", "plot", "add_parser"]
+__all__ = ["DiagnoseReport", "DiagnoseConfig", "diagnose", "plot", "summary"]
 
 NET_STREAM = 30  # seed_for(seed, NET_STREAM, k): initialisation of network k
 REAL_STREAM = 31  # generator(seed, REAL_STREAM, c): the real batch of class c
@@ -575,69 +577,20 @@ def _k_label(report: DiagnoseReport, key: str) -> str:
     return "/".join(str(k) for k in ks) if ks else "?"
 
 
-# --- the command ----------------------------------------------------------------------------
+# --- the command's settings and reading ---------------------------------------------------------
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``diagnose RUN`` on an argparse sub-parsers object."""
-    p = sub.add_parser(
-        "diagnose",
-        help="style gap and intra-class diversity of a condensed set vs a random subset",
-        description=(
-            "Measure, as DDM does, how far a condensed set's feature-map style is from the "
-            "real data and how diverse its classes are, next to a random real subset of the "
-            "same size; in both DDM forms: the paper's (maps after the ReLU, kNN KL) and the "
-            "released one (maps at the convolution, spread along the real class's principal "
-            "directions). Prints two tables and writes RUN/diagnose.json and RUN/diagnose.png."
-        ),
-    )
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
-    p.add_argument("--nets", type=int, default=5, help="random ConvNets (%(default)s)")
-    p.add_argument("--batch", type=int, default=256, help="real images per class (%(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(%(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (%(default)s)")
-    p.set_defaults(func=cmd_diagnose)
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """What ``ddm diagnose`` measures with (``diagnose``'s keywords)."""
+
+    nets: int = setting(5, help="random ConvNets")
+    batch: int = setting(256, help="real images per class")
+    seed: int = setting(0, help="seed of the networks and the random subset")
+    device: str = shared(CondenseConfig, "device")
 
 
-def cmd_diagnose(args: argparse.Namespace) -> int:
-    """Load the run and its dataset, measure, print the table, write diagnose.json/.png."""
-    from .data import load_dataset
-    from .io import atomic_write_json, load_synthetic, read_json
-    from .runtime import tune_allocator
-
-    tune_allocator()
-    folder = Path(args.run)
-    syn = load_synthetic(folder)
-    root = args.data_root
-    if root is None and (folder / "config.json").exists():
-        root = read_json(folder / "config.json").get("data_root")
-    dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
-    report = diagnose(
-        syn,
-        dataset,
-        nets=args.nets,
-        batch=args.batch,
-        seed=args.seed,
-        device=args.device,
-        progress=not getattr(args, "quiet", False),
-    )
-    m = report.meta
-    print(
-        f"{folder}: {m['method']} on {m['dataset']}, ipc {m['ipc']} "
-        f"({m['images_per_class'][CONDENSED]} images per class measured), "
-        f"{m['nets']} random ConvNets, {m['batch']} real images per class"
-    )
-    print(f"layers: {', '.join(report.layers)}")
-    print(report.table())
-    print(_summary(report))
-    atomic_write_json(folder / "diagnose.json", report.to_dict())
-    plot(report, folder / "diagnose.png")
-    print(f"wrote {folder / 'diagnose.json'} and {folder / 'diagnose.png'}")
-    return 0
-
-
-def _summary(report: DiagnoseReport) -> str:
+def summary(report: DiagnoseReport) -> str:
     """Plain-words reading: style gaps as multiples of the random subset's, the spread, notes."""
     cond, rand = report.sets[CONDENSED], report.sets[RANDOM]
     lines = []
@@ -679,6 +632,9 @@ def _summary(report: DiagnoseReport) -> str:
             "(no pairs, no neighbours): n/a"
         )
     return "\n".join(lines)
+
+
+_summary = summary  # the earlier name
 
 
 def _spread_reading(ratio: float) -> str:

@@ -37,11 +37,12 @@ from safetensors import safe_open
 from torch import nn
 
 from .augment import apply
-from .config import PRECISIONS
+from .config import PRECISIONS, CondenseConfig, EvalConfig
 from .data import Dataset
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model, default_depth
 from .runtime import Stream, autocast, generator, seed_for
+from .settings import setting, shared
 
 __all__ = ["POOL_FILE", "PoolConfig", "Pool", "PoolError", "train_pool", "load_pool"]
 
@@ -59,20 +60,20 @@ class PoolError(ValueError):
 class PoolConfig:
     """How a pool is trained (NCFM's pretraining recipe by default)."""
 
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    model: str = "convnet"
-    depth: int | None = None  # None: by resolution
-    networks: int = 20
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
+    dataset: str = shared(CondenseConfig, "dataset", "cifar10")
+    data_root: str | None = shared(CondenseConfig, "data_root")
+    model: str = setting("convnet", help="network")
+    depth: int | None = shared(EvalConfig, "depth")  # None: by resolution
+    networks: int = setting(20, help="networks trained")
+    epochs: int = setting(60, help="training epochs per network")
+    batch_size: int = setting(128, help="batch size")
+    lr: float = setting(0.01, help="SGD learning rate")
+    momentum: float = setting(0.9, help="SGD momentum")
+    weight_decay: float = setting(5e-4, help="weight decay")
+    seed: int = shared(CondenseConfig, "seed")
+    device: str = shared(CondenseConfig, "device")
     # the training's forward: fp32 | bf16 (autocast) | auto (bf16 where it is faster)
-    precision: str = "fp32"
+    precision: str = shared(CondenseConfig, "precision", "fp32")
 
     def __post_init__(self) -> None:
         for name in ("networks", "epochs", "batch_size"):

@@ -31,10 +31,12 @@ from torch import nn
 
 from . import __version__
 from .augment import augment
+from .config import CondenseConfig, EvalConfig
 from .data import Dataset
 from .io import RunFolderError, atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model
 from .runtime import Stream, resolve_device, seed_for
+from .settings import setting, shared
 
 __all__ = [
     "TEACHER_FILE",
@@ -67,17 +69,17 @@ class TeacherConfig:
     only where the dataset must not be flipped).
     """
 
-    dataset: str = "digits"
-    model: str = "convnet"
-    depth: int | None = None
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
+    dataset: str = shared(CondenseConfig, "dataset")
+    model: str = shared(EvalConfig, "model")
+    depth: int | None = shared(EvalConfig, "depth")
+    epochs: int = setting(5, help="training epochs")
+    batch_size: int = setting(128, help="batch size")
+    lr: float = setting(0.05, help="SGD learning rate, cosine decay per step")
+    momentum: float = setting(0.9, help="SGD momentum")
+    weight_decay: float = setting(5e-4, help="weight decay")
+    augment: bool = setting(True, help="one of crop/flip per batch, per-image parameters")
+    seed: int = shared(CondenseConfig, "seed")
+    device: str = shared(CondenseConfig, "device")
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:

@@ -4,7 +4,7 @@ Each sub-command only parses flags into the settings dataclasses and calls the l
 error a user can cause ends in one clear line on stderr and exit status 2 (1 for a diverged
 run), never a traceback. ``--config FILE`` (condense, evaluate, baseline, continual) fills in
 settings from a YAML or JSON file before the flags given on the command line
-(``ddm.configfile``).
+(``ddm.cli.configfile``).
 
 One module per command or group of commands: ``condense`` (and ``presets``), ``evaluate``,
 ``baseline``, ``show`` (and ``export``), ``prepare``, ``pool``, ``demo``, ``teacher`` (and the

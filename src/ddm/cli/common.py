@@ -8,122 +8,26 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .flags import add_flags, values_from
 
-# --- helpers -------------------------------------------------------------------------------------
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-# (flag, type, help) for every CondenseConfig field the CLI exposes; defaults come from the
-# dataclass (or a preset), so a flag only overrides when it is given.
-_CONDENSE_FLAGS: list[tuple[str, Any, str]] = [
-    ("dataset", str, "dataset name"),
-    ("data-root", str, "folder holding the dataset's files"),
-    ("image-size", int, "resize target for image-folder datasets"),
-    (
-        "holdout",
-        int,
-        "train images per class held out, never condensed from (for tuning: `ddm evaluate "
-        "--holdout N` tests on them); 0: none",
-    ),
-    ("ipc", int, "images per class"),
-    ("method", str, "dm | ddm | idm | ncfm"),
-    ("base", str, "base of ddm: dm | idm | ncfm (default dm)"),
-    ("iterations", int, "condensation iterations"),
-    ("batch-real", int, "real images per class and iteration"),
-    ("lr-img", float, "image learning rate (default 1.0 on DM, 0.2 on IDM, 1e-3 on NCFM)"),
-    ("momentum", float, "image optimiser momentum"),
-    ("init", str, "real | noise"),
-    ("model", str, "matching network"),
-    ("depth", int, "ConvNet depth (default: by resolution)"),
-    ("dsa", _bool, "Siamese augmentation on/off"),
-    ("seed", int, "random seed"),
-    ("form", str, "DDM's form: paper | released; sets the defaults of the settings below"),
-    ("style-tap", str, "DDM style maps: act (after ReLU; paper) | conv (before norm; released)"),
-    ("moments", str, "DDM moments estimator: batch (paper) | persample (released)"),
-    ("moments-relative", _bool, "DDM moment distances relative to the target (released: true)"),
-    (
-        "correlation",
-        str,
-        "DDM Gram distance: sum (published; paper) | cosine (scale-free; released, with w-cm 1e3)",
-    ),
-    ("w-mm", float, "DDM moments weight (paper 1e4, released 180)"),
-    ("w-cm", float, "DDM correlation weight (1e4 with correlation sum, 1e3 with cosine)"),
-    ("w-icd", float, "DDM KL diversity weight (paper 10, released 0)"),
-    ("icd-k", int, "DDM diversity neighbours (default round(0.2 x images per class))"),
-    ("icd-neighbour-grad", _bool, "gradient through the neighbour mean (reference: true)"),
-    ("w-cd", float, "DDM bounded spread weight L_CD (paper 0, released 30)"),
-    ("cd-rank", int, "L_CD principal directions (0: min(images per class - 1, 16))"),
-    ("w-sd", float, "DDM style-spread weight L_SD (off in both forms)"),
-    (
-        "weights-by-embedding",
-        _bool,
-        "DDM term weights x D / 2048 (D: the embedding size; 1 for every ConvNet at 32 px or "
-        "more), as calibrated against L_MMD; false: the published weights as given",
-    ),
-    ("factor", int, "IDM partition/expansion factor (idm default 2)"),
-    ("ce-weight", float, "IDM class-aware regularisation weight (idm default 0.5)"),
-    ("net-init", int, "IDM queue models at the start"),
-    ("net-num", int, "IDM queue capacity"),
-    ("net-generate-interval", int, "IDM iterations between new queue models"),
-    ("fetch-net-num", int, "IDM queue models trained per iteration"),
-    ("model-train-steps", int, "IDM SGD steps per trained queue model"),
-    ("model-batch", int, "IDM real images per queue-training step"),
-    ("model-lr", float, "IDM queue-model learning rate"),
-    ("pool", str, "NCFM: folder of trained networks made by `ddm pool`"),
-    ("num-freqs", int, "NCFM: Gaussian frequencies per class and iteration (ncfm default 4096)"),
-    ("optimizer-img", str, "NCFM image optimiser: adamw (ncfm default) | sgd"),
-    (
-        "ncfm-sampler",
-        _bool,
-        "NCFM: frequencies from a sampler network trained to maximise the loss (64 frequencies, "
-        "4 distinct; one process only)",
-    ),
-    (
-        "precision",
-        str,
-        "auto | fp32 | bf16; auto: bf16 where the hardware has bf16 units, a short probe "
-        "measures bf16 faster than float32 and the images are >= 8 pixels across, else fp32",
-    ),
-    ("device", str, "auto | cpu | cuda[:N]"),
-    ("checkpoint-every", int, "iterations between checkpoints (0: only at the end)"),
-    ("real-chunk", int, "real images per no-grad forward (0: automatic)"),
-]
+# --- flags -------------------------------------------------------------------------------------
 
 
 def _add_condense_flags(p: argparse.ArgumentParser) -> None:
+    """Every CondenseConfig field's flag (``ddm.settings``), defaults SUPPRESSed: the dataclass
+    (or a preset) fills what is not given, so a flag only overrides when it is typed."""
     from ..config import CondenseConfig
 
-    defaults = CondenseConfig()
     p.add_argument(
         "--preset",
         default=None,
         help="start from a named published setting (see `ddm presets`); explicit flags override it",
     )
-    for flag, kind, text in _CONDENSE_FLAGS:
-        default = getattr(defaults, flag.replace("-", "_"))
-        shown = "by method" if default is None else default
-        p.add_argument(
-            f"--{flag}", type=kind, default=argparse.SUPPRESS, help=f"{text} (default: {shown})"
-        )
-    for flag, text in (
-        ("bf16", "deprecated: --precision bf16"),
-        ("channels-last", "channels-last memory format"),
-        (
-            "compile",
-            "torch.compile the network's embedding (DM, IDM: about 0.85-0.9x a DM iteration "
-            "on CPU after a first iteration that compiles; DDM's style passes stay eager; "
-            "needs a C++ compiler)",
-        ),
-    ):
-        p.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
+    switches = ("channels_last", "compile")
+    add_flags(p, CondenseConfig, exclude=switches, suppress=True)
+    deprecated = "deprecated: --precision bf16"
+    p.add_argument("--bf16", action="store_true", default=argparse.SUPPRESS, help=deprecated)
+    add_flags(p, CondenseConfig, only=switches, suppress=True)
 
 
 def _condense_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,58 +57,21 @@ def _condense_config(args: argparse.Namespace):
     return config_from_dict(CondenseConfig, _condense_values(args))
 
 
+# the evaluation protocol's flags of `ddm evaluate` (its labels and recipe: ddm.cli.teacher)
+EVAL_FLAGS = ("model", "depth", "epochs", "runs", "seed", "holdout", "precision")
+EVAL_LABEL_FLAGS = ("labels", "soft_label_mode", "temperature", "recipe")
+
+
 def _eval_config(args: argparse.Namespace):
     from ..config import EvalConfig
 
-    return EvalConfig(
-        model=args.model,
-        depth=args.depth,
-        epochs=args.epochs,
-        runs=args.runs,
-        seed=args.eval_seed,
-        device=args.device,
-        precision=args.precision,
-        holdout=args.holdout,
-        recipe=getattr(args, "eval_recipe", "dm"),
-        labels=getattr(args, "labels", "hard"),
-        soft_label_mode=getattr(args, "soft_label_mode", "M"),
-        temperature=getattr(args, "temperature", None),
-    )
+    return EvalConfig(**values_from(args, EvalConfig, (*EVAL_FLAGS, "device", *EVAL_LABEL_FLAGS)))
 
 
-def _add_eval_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     from ..config import EvalConfig
 
-    d = EvalConfig()
-    p.add_argument(
-        f"--{prefix}epochs",
-        dest="epochs",
-        type=int,
-        default=d.epochs,
-        help="training epochs per model (%(default)s)",
-    )
-    p.add_argument(
-        f"--{prefix}runs",
-        dest="runs",
-        type=int,
-        default=d.runs,
-        help="models trained (%(default)s)",
-    )
-    p.add_argument("--eval-seed", type=int, default=d.seed, help="(%(default)s)")
-    p.add_argument(
-        "--holdout",
-        type=int,
-        default=d.holdout,
-        help="test on the N train images per class the set was condensed without (its "
-        "--holdout) instead of the test split, for tuning; 0: the test split (%(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        default=d.precision,
-        help="auto | fp32 | bf16 (auto: bf16 where the hardware has bf16 units, a short probe "
-        "measures bf16 faster than float32 and the images are >= 8 pixels across; default "
-        "%(default)s)",
-    )
+    add_flags(p, EvalConfig, only=EVAL_FLAGS)
 
 
 def _summary(folder: Path) -> str:

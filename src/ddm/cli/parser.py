@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
+from ..config import CondenseConfig, EvalConfig
+from ..continual import ContinualConfig
+from ..settings import flag_spec
 from .baseline import cmd_baseline
 from .common import _add_condense_flags, _add_eval_flags
 from .condense import cmd_condense, cmd_presets
 from .demo import DEMO_BATCH_REAL, DEMO_EPOCHS, DEMO_ITERATIONS, DEMO_RUNS, cmd_demo
 from .evaluate import cmd_evaluate
+from .flags import add_flags
 from .pool import cmd_pool
 from .prepare import cmd_prepare
 from .show import cmd_export, cmd_show
@@ -48,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..pool import PoolConfig
 
-    pool_defaults = PoolConfig()
     p = sub.add_parser(
         "pool",
         help="train networks on the real data for NCFM (initial and final weights kept)",
@@ -56,24 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum 0.9, weight decay 5e-4, lr x0.2 at 2/3 and 5/6 of the epochs, batch 128, "
         "per-sample colour + crop and CutMix). Rerun the same command to continue.",
     )
-    p.add_argument("--dataset", default=pool_defaults.dataset, help="dataset name (%(default)s)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset's files")
-    p.add_argument("--model", default=pool_defaults.model, help="network (%(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: by resolution)")
-    p.add_argument("--networks", type=int, default=pool_defaults.networks, help="(%(default)s)")
-    p.add_argument(
-        "--epochs", type=int, default=pool_defaults.epochs, help="per network (%(default)s)"
-    )
-    p.add_argument("--batch-size", type=int, default=pool_defaults.batch_size, help="(%(default)s)")
-    p.add_argument("--lr", type=float, default=pool_defaults.lr, help="(%(default)s)")
-    p.add_argument("--seed", type=int, default=pool_defaults.seed, help="(%(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument(
-        "--precision",
-        default=pool_defaults.precision,
-        help="fp32 | bf16 | auto: the networks' forward in bf16 autocast where bf16 is "
-        "faster (%(default)s)",
-    )
+    add_flags(p, PoolConfig, exclude=("momentum", "weight_decay"))
     p.add_argument("--out", required=True, help="pool folder (continued if it holds a pool)")
     p.set_defaults(func=cmd_pool)
 
@@ -86,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of images.pt + labels.pt (tensors/ddranking exports, DD-Ranking's input) or a DM/DC "
         ".pt file made by another tool",
     )
-    p.add_argument("--model", default="convnet", help="architecture (%(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
     _add_eval_flags(p)
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
-    p.add_argument("--device", default="auto")
+    add_flags(p, EvalConfig, only=("device",))
     g = p.add_argument_group("sets made elsewhere (image folders, DM/DC .pt files)")
     g.add_argument("--dataset", default=None, help="the real data to test on (required for them)")
     g.add_argument("--image-size", type=int, default=None, help="for image-folder datasets")
@@ -124,25 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("baseline", help="random-subset or herding coreset in the run format")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument(
-        "--holdout",
-        type=int,
-        default=0,
-        help="train images per class held out, never selected (as condense --holdout)",
-    )
-    p.add_argument("--ipc", type=int, default=10)
+    add_flags(p, CondenseConfig, only=("dataset", "data_root", "image_size"))
+    holdout = "train images per class held out, never selected (as condense --holdout)"
+    add_flags(p, CondenseConfig, only=("holdout",), helps={"holdout": holdout})
+    add_flags(p, CondenseConfig, only=("ipc",))
     p.add_argument("--method", default="random", help="random | herding")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--herding-epochs",
-        type=int,
-        default=2,
-        help="epochs of training for herding's embedding net (%(default)s)",
-    )
-    p.add_argument("--device", default="auto")
+    add_flags(p, CondenseConfig, only=("seed",))
+    add_flags(p, ContinualConfig, only=("herding_epochs",))
+    add_flags(p, CondenseConfig, only=("device",))
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_baseline)
@@ -202,43 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_teacher_parser(sub)
 
-    from ..diagnose import add_parser as add_diagnose
+    from .diagnose import add_parser as add_diagnose
 
     add_diagnose(sub)
 
-    from ..continual import add_parsers as add_continual
+    from .continual import add_parsers as add_continual
 
     add_continual(sub)
-
-    from ..config import DEFAULT_FORM, PRECISIONS
 
     p = sub.add_parser(
         "demo", help="the flagship: DDM beside DM and a random subset on the embedded digits"
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument(
-        "--form",
-        default=None,
-        help=f"DDM's form: paper | released (default: the toolkit's, {DEFAULT_FORM})",
+    add_flags(p, CondenseConfig, only=("form", "ipc"))
+    add_flags(
+        p,
+        CondenseConfig,
+        only=("iterations", "batch_real"),
+        defaults={"iterations": DEMO_ITERATIONS, "batch_real": DEMO_BATCH_REAL},
+        helps={"iterations": "condensation iterations per set"},
     )
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help="per set (%(default)s)")
-    p.add_argument("--batch-real", type=int, default=DEMO_BATCH_REAL, help="(%(default)s)")
-    p.add_argument(
-        "--epochs", type=int, default=DEMO_EPOCHS, help="training epochs per model (%(default)s)"
+    add_flags(
+        p,
+        EvalConfig,
+        only=("epochs", "runs", "precision"),
+        defaults={"epochs": DEMO_EPOCHS, "runs": DEMO_RUNS},
+        helps={
+            "runs": "models trained per set",
+            "precision": "condensation and evaluation: " + flag_spec(EvalConfig, "precision").help,
+        },
     )
-    p.add_argument(
-        "--runs", type=int, default=DEMO_RUNS, help="models trained per set (%(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="condensation and evaluation: auto | fp32 | bf16 (%(default)s: bf16 where the "
-        "hardware runs it fast)",
-    )
+    add_flags(p, CondenseConfig, only=("seed", "device"))
     p.set_defaults(func=cmd_demo)
 
     for name in _CONFIG_COMMANDS:
@@ -252,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that take --config, and how their files are read (see ddm.configfile): where the
+# Commands that take --config, and how their files are read (see ddm.cli.configfile): where the
 # outputs go is given on the command line; continual's saved config.json keeps its settings
 # in a "continual" section, with --set's settings under "condense".
 _CONFIG_COMMANDS: dict[str, dict[str, Any]] = {
@@ -277,7 +244,7 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
-    from ..configfile import apply_config_file
+    from .configfile import apply_config_file
 
     rules = dict(_CONFIG_COMMANDS[args.command])
     if args.command == "condense":

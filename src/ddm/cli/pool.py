@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import values_from
+
 
 def cmd_pool(args: argparse.Namespace) -> int:
     from ..pool import PoolConfig, train_pool
 
-    cfg = PoolConfig(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        model=args.model,
-        depth=args.depth,
-        networks=args.networks,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
+    cfg = PoolConfig(**values_from(args, PoolConfig))
     manifest = train_pool(cfg, args.out, progress=not args.quiet)
     accs = [n["test_accuracy"] for n in manifest["networks"]]
     mean = sum(accs) / len(accs) if accs else float("nan")

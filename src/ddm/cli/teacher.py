@@ -15,9 +15,10 @@ __all__ = ["add_teacher_parser", "add_label_flags", "cmd_teacher", "resolve_teac
 
 def add_teacher_parser(sub: Any) -> None:
     """Register ``teacher`` on an argparse sub-parsers object."""
+    from ..config import CondenseConfig
     from ..teacher import TeacherConfig
+    from .flags import add_flags
 
-    d = TeacherConfig()
     p = sub.add_parser(
         "teacher",
         help="train a network on the full real training set (soft labels, full-data accuracy)",
@@ -27,16 +28,9 @@ def add_teacher_parser(sub: Any) -> None:
             "Interrupted training continues when the same command is run again."
         ),
     )
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--image-size", type=int, default=None, help="for image-folder datasets")
-    p.add_argument("--model", default=d.model, help="architecture (%(default)s)")
-    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (by resolution)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="(%(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="SGD lr, cosine decay (%(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--dataset", required=True, help="dataset name")
+    add_flags(p, CondenseConfig, only=("data_root", "image_size"))
+    add_flags(p, TeacherConfig, exclude=("dataset", "momentum", "weight_decay", "augment"))
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", default=None, help="teacher folder to write")
     where.add_argument(
@@ -50,16 +44,10 @@ def add_teacher_parser(sub: Any) -> None:
 def cmd_teacher(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..teacher import TeacherConfig, teacher_folder, train_teacher
+    from .flags import values_from
 
     cfg = TeacherConfig(
-        dataset=args.dataset,
-        model=args.model,
-        depth=args.depth,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
+        dataset=args.dataset, **values_from(args, TeacherConfig, exclude=("dataset",))
     )
     dataset = load_dataset(args.dataset, args.data_root, args.image_size)
     out = Path(args.out) if args.out else teacher_folder(args.teachers_dir, dataset.name, cfg.model)
@@ -73,29 +61,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def add_label_flags(p: argparse.ArgumentParser) -> None:
     """``ddm evaluate``'s labels, teacher, recipe and score flags."""
-    from ..recipes import RECIPES
+    from ..config import EvalConfig
+    from .flags import add_flags
 
     g = p.add_argument_group("labels, recipes and DD-Ranking's scores")
-    g.add_argument(
-        "--labels",
-        default="hard",
-        choices=("hard", "soft"),
-        help="hard: cross-entropy on class labels; soft: KL to a teacher's soft labels "
-        "(%(default)s)",
-    )
-    g.add_argument(
-        "--soft-label-mode",
-        default="M",
-        choices=("M", "S"),
-        help="soft labels: M, the teacher labels every augmented batch on the fly; S, the "
-        "per-image soft labels stored in the set (DD-Ranking's modes; %(default)s)",
-    )
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="softmax temperature of the soft-label KL loss (default: the recipe's)",
-    )
+    add_flags(g, EvalConfig, only=("labels", "soft_label_mode", "temperature"))
     g.add_argument(
         "--teacher",
         default=None,
@@ -109,14 +79,7 @@ def add_label_flags(p: argparse.ArgumentParser) -> None:
         help="folder of teachers: uses <DIR>/<dataset>-<teacher-model>",
     )
     g.add_argument("--teacher-model", default="convnet", help="with --teachers-dir (%(default)s)")
-    g.add_argument(
-        "--eval-recipe",
-        default="dm",
-        choices=tuple(RECIPES),
-        help="optimiser, schedule and augmentation of the trained models: "
-        + "; ".join(f"{k}: {r.summary}" for k, r in RECIPES.items())
-        + " (%(default)s)",
-    )
+    add_flags(g, EvalConfig, only=("recipe",))
     g.add_argument(
         "--scores",
         action="store_true",

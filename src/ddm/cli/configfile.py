@@ -4,7 +4,8 @@ Layers, lowest first: dataclass defaults < ``--preset`` < config file < flags gi
 command line. The file's keys are a command's flag names (``batch-real`` or ``batch_real``);
 for ``condense`` every ``CondenseConfig`` field is a key too, flag or not, so a field added to
 the dataclass works in config files without touching this module. Every value is checked
-against its flag's (or field's) type; an unknown key or a wrong type is one clear error.
+against its flag's (or field's) type and choices, as the field declares them
+(``ddm.settings``); an unknown key or a wrong type is one clear error.
 
 The checked values become the command parser's defaults, so parsing the command line again
 lets every explicitly given flag win: the pattern of timm's ``train.py``.
@@ -22,12 +23,13 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..settings import check_value, flag_spec
 
 __all__ = ["OUTPUT_ONLY", "read_config_file", "config_settings", "apply_config_file"]
 
@@ -161,7 +163,10 @@ def config_settings(
     if fields is not None:
         hints = typing.get_type_hints(fields)
         for f in dataclasses.fields(fields):
-            out[f.name] = _hint_setting(hints[f.name])
+            setting = _hint_setting(hints[f.name])
+            if "flag" in f.metadata:  # its choices, as the flag declares them
+                setting = dataclasses.replace(setting, choices=flag_spec(fields, f.name).choices)
+            out[f.name] = setting
     return out
 
 
@@ -249,39 +254,8 @@ def _hint_setting(hint: Any) -> Setting:
     return Setting(origin if isinstance(origin, type) else str, optional)
 
 
-def _number(value: Any) -> float | None:
-    """A number given as a string (YAML 1.1, read by PyYAML, leaves ``1e4`` a string)."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def _scalar(where: str, value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        number = value if isinstance(value, float) else _number(value)
-        if number is not None and float(number).is_integer():
-            return int(number)
-    elif kind is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif _number(value) is not None:
-            number = _number(value)
-        if number is not None:
-            if not math.isfinite(number):
-                raise ValueError(f"{where}: expected a finite number, got {value!r}")
-            return number
-    elif isinstance(value, kind):
-        return value
-    raise ValueError(f"{where}: expected {_NAMES.get(kind, kind.__name__)}, got {value!r}")
+    return check_value(where, value, kind)
 
 
 def _text(value: Any) -> str:
