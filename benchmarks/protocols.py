@@ -72,10 +72,19 @@ def _config(args: argparse.Namespace, protocol: str, precision: str) -> EvalConf
     )
 
 
+def _finished(args: argparse.Namespace) -> list[Path]:
+    """The final sets of finished runs (a run still condensing has no snapshot folder yet)."""
+    return [
+        f
+        for f in _selected_folders(args)
+        if f.name.startswith("it") or f.parent.name == "random"
+    ]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.data_root)
     precision = _precision(args.precision, args.device)
-    folders = _selected_folders(args)
+    folders = _finished(args)
     for protocol in args.protocols:
         cfg = _config(args, protocol, precision)
         for folder in folders:
@@ -93,7 +102,7 @@ def collect(args: argparse.Namespace) -> dict:
     table: dict = {}
     for protocol in args.protocols:
         cfg = _config(args, protocol, precision)
-        for folder in _selected_folders(args):
+        for folder in _finished(args):
             row, seed = folder.relative_to(args.out).parts[:2]
             entry = find_evaluation(folder, cfg, precision)
             if entry is not None:
