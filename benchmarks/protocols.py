@@ -35,7 +35,7 @@ from ddm.config import EvalConfig
 from ddm.data import load_dataset
 from ddm.evaluate import evaluate_folder, find_evaluation
 from ddm.io import load_synthetic
-from ddm.scores import ScoreInputs, compute_scores
+from ddm.scores import augmentation_robust_score, label_robust_score
 from ddm.teacher import load_teacher
 
 
@@ -75,9 +75,7 @@ def _config(args: argparse.Namespace, protocol: str, precision: str) -> EvalConf
 def _finished(args: argparse.Namespace) -> list[Path]:
     """The final sets of finished runs (a run still condensing has no snapshot folder yet)."""
     return [
-        f
-        for f in _selected_folders(args)
-        if f.name.startswith("it") or f.parent.name == "random"
+        f for f in _selected_folders(args) if f.name.startswith("it") or f.parent.name == "random"
     ]
 
 
@@ -123,24 +121,40 @@ def _paired(per_seed: dict, base: dict) -> dict | None:
 
 
 def _scores(table: dict, protocol: str, row: str, full: float) -> dict | None:
-    """DD-Ranking's scores of ``row`` under a labelled, augmented protocol, per seed, then
-    averaged over seeds (mean of the per-seed means)."""
+    """DD-Ranking's scores of ``row`` under a labelled, augmented protocol, per seed (runs
+    paired by index, as DD-Ranking pairs them), then averaged over seeds. LRS needs the
+    protocol's hard-label twin; ARS its ``-noaug`` twin (left out where that was not run)."""
     recipe, labels = protocol.split("-")[:2]
-    need = {
-        "syn_hard": (f"{recipe}-hard", row),
-        "syn_labels": (protocol, row),
-        "rdm_labels": (protocol, "random"),
-        "syn_noaug": (f"{recipe}-{labels}-noaug", row),
-        "rdm_noaug": (f"{recipe}-{labels}-noaug", "random"),
-    }
-    cells = {k: table.get(p, {}).get(r, {}) for k, (p, r) in need.items()}
-    seeds = sorted(set.intersection(*(set(c) for c in cells.values())))
+    noaug = f"{recipe}-{labels}-noaug"
+
+    def cell(p: str, r: str) -> dict:
+        return table.get(p, {}).get(r, {})
+
+    lrs_cells = [cell(f"{recipe}-hard", row), cell(protocol, row), cell(protocol, "random")]
+    ars_cells = [cell(noaug, row), cell(noaug, "random")]
+    seeds = sorted(set.intersection(*(set(c) for c in lrs_cells)))
     if not seeds:
         return None
+    with_ars = all(set(seeds) <= set(c) for c in ars_cells)
     per_seed = {}
     for s in seeds:
-        x = ScoreInputs(full, *(cells[k][s] for k in need))
-        per_seed[str(s)] = {k: v["mean"] for k, v in compute_scores(x).items()}
+        values: dict[str, list[float]] = {}
+        runs = zip(*(c[s] for c in lrs_cells), strict=True)
+        for k, (sh, sl, rl) in enumerate(runs):
+            for scale, suffix in ((1.0, ""), (0.01, "_fraction")):
+                lrs = label_robust_score(full, sh, sl, rl, scale=scale)
+                got = (
+                    {"hlr": lrs["hlr"], "ior": lrs["ior"], "lrs": lrs["lrs"]} if not suffix else {}
+                )
+                got[f"lrs{suffix}"] = lrs["lrs"]
+                if with_ars:
+                    sn, rn = ars_cells[0][s][k], ars_cells[1][s][k]
+                    got[f"ars{suffix}"] = augmentation_robust_score(sl, rl, sn, rn, scale=scale)[
+                        "ars"
+                    ]
+                for key, v in got.items():
+                    values.setdefault(key, []).append(v)
+        per_seed[str(s)] = {k: statistics.fmean(v) for k, v in values.items()}
     keys = next(iter(per_seed.values())).keys()
     return {
         "mean": {k: statistics.fmean(p[k] for p in per_seed.values()) for k in keys},
@@ -217,9 +231,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             lines.append("|---|---|---|---|---|---|")
             for row, sc in by_row.items():
                 m = sc["mean"]
+                ars = f"{m['ars']:.4f}" if "ars" in m else "-"
                 lines.append(
                     f"| {row} | {m['hlr']:.2f} | {m['ior']:.2f} | {m['lrs']:.4f} | "
-                    f"{m['ars']:.4f} | {m['lrs_fraction']:.4f} |"
+                    f"{ars} | {m['lrs_fraction']:.4f} |"
                 )
             lines.append("")
     text = "\n".join(lines)
