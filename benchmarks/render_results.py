@@ -530,6 +530,163 @@ def page_precision() -> str:
     )
 
 
+PROTOCOL_ROWS = [
+    ("random", "random subset (the initial images)"),
+    ("dm", "DM"),
+    ("ddm-paper", "DDM, paper form"),
+    ("ddm", "DDM, released form"),
+    ("idm", "IDM"),
+    ("ddm-idm", "released DDM on IDM"),
+    ("ncfm", "NCFM"),
+    ("ddm-ncfm", "released DDM on NCFM"),
+]
+PROTOCOL_NAMES = {
+    "dm-hard": "dm recipe, hard labels",
+    "dm-soft": "dm recipe, soft labels",
+    "ncfm-hard": "ncfm recipe, hard labels",
+    "dm-hard-noaug": "dm recipe, hard labels, no augmentation",
+}
+PROTOCOL_PAIRS = [
+    ("dm", "ddm-paper"),
+    ("dm", "ddm"),
+    ("idm", "ddm-idm"),
+    ("ncfm", "ddm-ncfm"),
+    ("dm", "idm"),
+    ("dm", "ncfm"),
+]
+PROTOCOLS_COMMAND = (
+    "`ddm pool --dataset cifar10 --networks 3 --epochs 3 --precision bf16 --out runs/ev/pool` "
+    "(stopped after its first network), `python benchmarks/evidence.py condense --out "
+    "runs/ev/c10 --rows random dm ddm-paper ddm idm ddm-idm ncfm ddm-ncfm --seeds 0 1 "
+    "--iterations 200 --batch-real 64 --condense-precision bf16 --pool runs/ev/pool`, then "
+    "`python benchmarks/protocols.py evaluate --out runs/ev/c10 --teacher runs/ev/pool "
+    "--protocols dm-hard dm-soft ncfm-hard dm-hard-noaug --epochs 200 --runs 1 --precision "
+    "bf16` and the same with `report --results benchmarks/results/protocols_cifar10`"
+)
+
+
+def _seed_paired(cells: dict, a: str, b: str) -> tuple[float, list[float]] | None:
+    if a not in cells or b not in cells:
+        return None
+    seeds = sorted(set(cells[a]["seed_means"]) & set(cells[b]["seed_means"]), key=int)
+    if not seeds:
+        return None
+    diffs = [cells[b]["seed_means"][s] - cells[a]["seed_means"][s] for s in seeds]
+    return statistics.fmean(diffs), diffs
+
+
+def page_protocols() -> str:
+    d = _load("protocols_cifar10")
+    protocols = [p for p in PROTOCOL_NAMES if p in d["protocols"]]
+    labels = dict(PROTOCOL_ROWS)
+    seeds = sorted(
+        {s for p in protocols for c in d["protocols"][p].values() for s in c["seed_means"]},
+        key=int,
+    )
+    acc_rows = []
+    for key, label in PROTOCOL_ROWS:
+        cells = []
+        for p in protocols:
+            c = d["protocols"][p].get(key)
+            cells.append(f"{_stat(c)} ({c['n']})" if c else "-")
+        acc_rows.append([label, *cells])
+    gain_rows = []
+    for a, b in PROTOCOL_PAIRS:
+        cells = []
+        for p in protocols:
+            got = _seed_paired(d["protocols"][p], a, b)
+            cells.append(
+                f"{_signed(got[0])} ({', '.join(_signed(x) for x in got[1])})" if got else "-"
+            )
+        gain_rows.append([f"{labels[b]} - {labels[a]}", *cells])
+    recipe_rows = []
+    if "dm-hard" in protocols and "ncfm-hard" in protocols:
+        for key, label in PROTOCOL_ROWS:
+            x, y = d["protocols"]["dm-hard"].get(key), d["protocols"]["ncfm-hard"].get(key)
+            if x and y:
+                common = sorted(set(x["seed_means"]) & set(y["seed_means"]), key=int)
+                diffs = [y["seed_means"][s] - x["seed_means"][s] for s in common]
+                recipe_rows.append([label, _signed(statistics.fmean(diffs))])
+    score_rows = []
+    for p, by_row in d.get("scores", {}).items():
+        for key, label in PROTOCOL_ROWS:
+            m = by_row.get(key, {}).get("mean")
+            if not m:
+                continue
+            ars = f"{m['ars_fraction']:.4f} ({m['ars']:.3g})" if "ars_fraction" in m else "-"
+            score_rows.append(
+                [
+                    PROTOCOL_NAMES.get(p, p),
+                    label,
+                    _num(m["hlr"]),
+                    _num(m["ior"]),
+                    f"{m['lrs_fraction']:.4f} ({m['lrs']:.4f})",
+                    ars,
+                ]
+            )
+    pool = d.get("pool", {})
+    pool_rows = [
+        [str(n["index"]), ", ".join(_num(a) for a in n.get("accuracy_by_epoch") or [])]
+        for n in pool.get("networks", [])
+    ]
+    budget = d["budget"]
+    text = (
+        "# Labels, recipes and DD-Ranking's scores\n\n"
+        "Every condensed set of the DM family, trained under more than one evaluation: hard "
+        "labels and a teacher's soft labels, the DM papers' recipe (`--eval-recipe dm`: SGD, "
+        "step schedule, DSA) and NCFM's (`--eval-recipe ncfm`: AdamW, CutMix), with and "
+        "without augmentation, and DD-Ranking's label- and augmentation-robust scores "
+        "(`ddm evaluate --labels soft --scores`, see "
+        "[soft labels and scores](../guide/soft-labels.md)).\n\n"
+        f"Budget: CIFAR-10, ipc 10; every set condensed 200 iterations x batch_real 64 in "
+        f"bf16, condensation seeds {', '.join(seeds)} (the rows of a seed start from the same "
+        "real images, the random row). IDM's queue models: 5 SGD steps of 64 images. NCFM: "
+        "a pool of one ConvNet trained 3 epochs with NCFM's pretraining recipe in bf16, "
+        "4,096 frequencies, AdamW on the images. Each set trained "
+        f"{budget['epochs']} epochs x {budget['runs']} model per protocol ({budget['precision']}, "
+        f"evaluation seed {budget['eval_seed']}); the teacher of the soft labels is the pool's "
+        f"network, {_num(d['full_accuracy'])} % on the test set, which is also HLR's "
+        "full-data accuracy. Command: " + PROTOCOLS_COMMAND + ".\n\n"
+        "This is a reduced budget on a CPU (the published: 20,000 iterations x 256 images, a "
+        "pool of 20 networks x 60 epochs, 1,000-2,000 training epochs x 5 models): the numbers "
+        "compare the methods with each other at that budget, not with the papers.\n\n"
+        "## Accuracy\n\n"
+        "Test accuracy %, mean +- std over the condensation seeds (models):\n\n"
+        + _table(["set"] + [PROTOCOL_NAMES[p] for p in protocols], acc_rows)
+        + "\n## Gains, paired by seed\n\n"
+        "B - A: the difference of the two rows' accuracies within each condensation seed, "
+        "averaged (per seed in brackets):\n\n"
+        + _table(["B - A"] + [PROTOCOL_NAMES[p] for p in protocols], gain_rows)
+    )
+    if recipe_rows:
+        text += (
+            "\n## What the recipe alone changes\n\n"
+            "The same sets trained with NCFM's recipe instead of the DM papers' (hard labels; "
+            "ncfm - dm, points, averaged over seeds):\n\n"
+            + _table(["set", "ncfm recipe - dm recipe"], recipe_rows)
+        )
+    if score_rows:
+        text += (
+            "\n## DD-Ranking's scores\n\n"
+            "HLR and IOR in points; LRS and ARS with accuracies as fractions (DD-Ranking's "
+            "README form, in [0, 1]) and, in brackets, as DD-Ranking 0.2.0's code computes them "
+            "(percent in the exponent). ARS needs the no-augmentation twin of a protocol and is "
+            "given where it ran. The random subset is each seed's random row.\n\n"
+            + _table(["protocol", "set", "HLR", "IOR", "LRS (code)", "ARS (code)"], score_rows)
+        )
+    if pool_rows:
+        text += (
+            "\n## The pool\n\n"
+            "Test accuracy % of each pool network after each training epoch (the last is the "
+            "trained network NCFM interpolates to):\n\n"
+            + _table(["network", "accuracy after each epoch"], pool_rows)
+        )
+    return text + PROTOCOLS_READING
+
+
+PROTOCOLS_READING = ""
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "index.md": page_index,
     "ddm-vs-dm.md": page_ddm_vs_dm,
@@ -539,6 +696,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "idm.md": page_idm,
     "continual.md": page_continual,
     "precision.md": page_precision,
+    "protocols.md": page_protocols,
 }
 
 
