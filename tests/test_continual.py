@@ -256,7 +256,9 @@ def test_more_orders_extend_a_finished_run(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(
         continual,
         "_evaluate_step",
-        lambda s, d, p, seen, o, st: evaluated.append((o, st)) or real(s, d, p, seen, o, st),
+        lambda s, d, p, seen, o, st, *rt: (
+            evaluated.append((o, st)) or real(s, d, p, seen, o, st, *rt)
+        ),
     )
     assert _cli([*argv, "--orders", "2"]) == 0
     assert evaluated == [(1, 1), (1, 2)]  # only the new order runs

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
 
     from .data import Dataset
     from .io import SyntheticSet
+    from .runtime import Runtime
 
 __all__ = ["DiagnoseReport", "diagnose", "plot", "add_parser"]
 
@@ -192,21 +193,24 @@ def diagnose(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    *,
+    runtime: Runtime | None = None,
 ) -> DiagnoseReport:
     """Style gap to the real data and intra-class diversity of ``syn`` and of a random subset.
 
-    ``nets`` random ConvNets, ``batch`` real train images per class (all of a smaller class).
+    ``nets`` random ConvNets, ``batch`` real train images per class (all of a smaller class);
+    ``runtime``: the device (default: ``device`` resolved), in float32.
     """
     import torch
     from tqdm.auto import tqdm
 
     from .baselines import random_subset
-    from .runtime import generator, resolve_device
+    from .runtime import Runtime, generator
 
     if nets < 1 or batch < 1:
         raise ValueError(f"nets and batch must be >= 1, got nets={nets}, batch={batch}")
     _check_compatible(syn, dataset)
-    dev = resolve_device(device)
+    dev = (runtime or Runtime.resolve(device, "fp32")).device
     ipc = int(syn.meta.get("ipc") or torch.bincount(syn.labels).max())
     images, labels = syn.expanded()
     sets = {
@@ -604,7 +608,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """Load the run and its dataset, measure, print the table, write diagnose.json/.png."""
     from .data import load_dataset
     from .io import atomic_write_json, load_synthetic, read_json
-    from .runtime import tune_allocator
+    from .runtime import Runtime, tune_allocator
 
     tune_allocator()
     folder = Path(args.run)
@@ -619,7 +623,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         nets=args.nets,
         batch=args.batch,
         seed=args.seed,
-        device=args.device,
+        runtime=Runtime.resolve(args.device, "fp32"),
         progress=not getattr(args, "quiet", False),
     )
     m = report.meta

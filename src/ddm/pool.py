@@ -39,7 +39,7 @@ from .augment import apply
 from .data import Dataset
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model, default_depth
-from .runtime import Stream, generator, seed_for
+from .runtime import Runtime, Stream, generator, seed_for
 
 __all__ = ["POOL_FILE", "PoolConfig", "Pool", "PoolError", "train_pool", "load_pool"]
 
@@ -230,14 +230,17 @@ def train_pool(
     *,
     dataset: Dataset | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue training) the pool in ``out``; returns the manifest."""
+    """Train (or continue training) the pool in ``out``; returns the manifest. ``runtime``: the
+    device (default: ``cfg.device`` resolved); the networks train in float32."""
     from tqdm.auto import tqdm
 
     from .data import load_dataset
-    from .runtime import resolve_device
 
-    device = resolve_device(cfg.device)
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, "fp32")
+    device = runtime.device
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root)
     depth = _depth(cfg.model, cfg.depth, dataset.image_size)

@@ -7,6 +7,7 @@ import argparse
 
 def cmd_pool(args: argparse.Namespace) -> int:
     from ..pool import PoolConfig, train_pool
+    from ..runtime import Runtime
 
     cfg = PoolConfig(
         dataset=args.dataset,
@@ -20,7 +21,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    manifest = train_pool(cfg, args.out, progress=not args.quiet)
+    runtime = Runtime.resolve(cfg.device, "fp32")  # the networks train in float32
+    manifest = train_pool(cfg, args.out, progress=not args.quiet, runtime=runtime)
     accs = [n["test_accuracy"] for n in manifest["networks"]]
     mean = sum(accs) / len(accs) if accs else float("nan")
     print(f"{args.out}: {len(accs)} networks, mean test accuracy {mean:.2f}%")

@@ -49,6 +49,7 @@ def add_teacher_parser(sub: Any) -> None:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..runtime import Runtime
     from ..teacher import TeacherConfig, teacher_folder, train_teacher
 
     cfg = TeacherConfig(
@@ -63,7 +64,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     )
     dataset = load_dataset(args.dataset, args.data_root, args.image_size)
     out = Path(args.out) if args.out else teacher_folder(args.teachers_dir, dataset.name, cfg.model)
-    teacher = train_teacher(dataset, cfg, out, progress=not args.quiet)
+    runtime = Runtime.resolve(cfg.device, "fp32")  # a teacher trains in float32
+    teacher = train_teacher(dataset, cfg, out, progress=not args.quiet, runtime=runtime)
     print(
         f"{out}: teacher {cfg.model} on {dataset.name}, {cfg.epochs} epochs: "
         f"{teacher.accuracy:.2f} % test accuracy"
