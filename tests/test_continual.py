@@ -256,7 +256,9 @@ def test_more_orders_extend_a_finished_run(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(
         continual,
         "_evaluate_step",
-        lambda s, d, p, seen, o, st: evaluated.append((o, st)) or real(s, d, p, seen, o, st),
+        lambda s, d, p, seen, o, st, *rt: (
+            evaluated.append((o, st)) or real(s, d, p, seen, o, st, *rt)
+        ),
     )
     assert _cli([*argv, "--orders", "2"]) == 0
     assert evaluated == [(1, 1), (1, 2)]  # only the new order runs
@@ -385,7 +387,9 @@ def test_cifar100_files(tmp_path, monkeypatch):
     calls = []
     real_train_and_test = continual.train_and_test
 
-    def train_and_test(train_x, train_y, test_x, test_y, *, num_classes, strategy, cfg, run):
+    def train_and_test(
+        train_x, train_y, test_x, test_y, *, num_classes, strategy, cfg, run, runtime=None
+    ):
         calls.append(num_classes)
         assert train_x.shape == (2 * num_classes, 3, 32, 32) and len(test_x) == 2 * num_classes
         assert torch.bincount(train_y, minlength=num_classes).tolist() == [2] * num_classes
@@ -393,7 +397,7 @@ def test_cifar100_files(tmp_path, monkeypatch):
         assert strategy.endswith("flip_scale_rotate") and cfg.epochs == 2 and run == 0
         if len(calls) > 1:
             return 50.0, 100.0
-        kwargs = dict(num_classes=num_classes, strategy=strategy, cfg=cfg, run=run)
+        kwargs = dict(num_classes=num_classes, strategy=strategy, cfg=cfg, run=run, runtime=runtime)
         return real_train_and_test(train_x, train_y, test_x, test_y, **kwargs)
 
     monkeypatch.setattr(continual, "train_and_test", train_and_test)

@@ -19,7 +19,7 @@ from .condense import initial_images
 from .data import Dataset
 from .io import SyntheticSet
 from .models import build_model
-from .runtime import Stream, generator, resolve_device, seed_for
+from .runtime import Runtime, Stream, generator, seed_for
 
 __all__ = [
     "BASELINES",
@@ -85,10 +85,15 @@ def herding(
     model: str = "convnet",
     device: str = "auto",
     progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
 ) -> SyntheticSet:
-    """Herding in the embedding of a ConvNet trained ``epochs`` epochs on the training set."""
+    """Herding in the embedding of a ConvNet trained ``epochs`` epochs on the training set.
+
+    ``runtime``: the device (default: ``device`` resolved); the network trains in float32.
+    """
     initial_images(dataset, ipc, "real", torch.Generator())  # validates ipc against classes
-    dev = resolve_device(device)
+    dev = (runtime or Runtime.resolve(device, "fp32")).device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(seed, Stream.HERDING_MODEL))
         net = build_model(model, dataset.channels, dataset.num_classes, dataset.image_size)
@@ -154,7 +159,18 @@ def make_baseline(
     herding_epochs: int = 2,
     device: str = "auto",
     progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
 ) -> SyntheticSet:
-    """The set of baseline ``name``; each set-maker reads only the settings it uses."""
+    """The set of baseline ``name``; each set-maker reads only the settings it uses
+    (``runtime``: a resolved device for those that compute, instead of ``device``)."""
     make = baseline(name)
-    return make(dataset, ipc, seed=seed, epochs=herding_epochs, device=device, progress=progress)
+    return make(
+        dataset,
+        ipc,
+        seed=seed,
+        epochs=herding_epochs,
+        device=device,
+        progress=progress,
+        runtime=runtime,
+    )

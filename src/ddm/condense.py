@@ -71,7 +71,7 @@ from .objective import (
     real_statistics,
     weights_for,
 )
-from .runtime import Stream, autocast, generator, resolve_precision, tune_allocator
+from .runtime import Runtime, Stream, generator, tune_allocator
 
 __all__ = [
     "NonFiniteLossError",
@@ -373,15 +373,20 @@ class Run:
     one iteration and returns (loss, per-term values) (benchmarks and probes use it).
     """
 
-    def __init__(self, cfg: CondenseConfig, dataset: Dataset, out: Path | None) -> None:
+    def __init__(
+        self,
+        cfg: CondenseConfig,
+        dataset: Dataset,
+        out: Path | None,
+        runtime: Runtime | None = None,  # None: resolved from cfg (a run built on its own)
+    ) -> None:
         self.dataset, self.out = dataset, out
-        self.device = dist.resolve_device(cfg.device)
-        dist.init(self.device)
-        # the resolved precision (fp32 | bf16) is the run's setting from here on; under
-        # torchrun every process takes the first one's (auto's probe is timed per process)
-        precision = resolve_precision(cfg.precision, self.device, dataset.image_size)
-        precision = dist.all_gather_object(precision)[0]
-        self.cfg = cfg = dataclasses.replace(cfg, precision=precision)
+        if runtime is None:
+            runtime = Runtime.resolve(cfg.device, cfg.precision)
+        self.runtime = runtime = runtime.for_images(dataset.image_size)
+        self.device = runtime.device
+        # the resolved precision (fp32 | bf16) is the run's setting from here on
+        self.cfg = cfg = dataclasses.replace(cfg, precision=runtime.precision)
         if dist.world_size() > dataset.num_classes:
             raise ValueError(
                 f"{dist.world_size()} processes for {dataset.num_classes} classes: every "
@@ -415,7 +420,7 @@ class Run:
                 "the result. Condense it in one process, or use an instance-norm model"
             )
         self.chunk = 0 if self.batchnorm else (cfg.real_chunk or _auto_chunk(self.device))
-        self.autocast = autocast(cfg.precision, self.device)
+        self.autocast = runtime.autocast()
         # bf16: the real batch's Gram products too (float32 accumulation and mean)
         self.gram_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self._compiled: dict[int, nn.Module] = {}
@@ -791,6 +796,7 @@ def condense(
     progress: bool = True,
     stop_after: int | None = None,
     allow_changes: Collection[str] = (),
+    runtime: Runtime | None = None,
 ) -> SyntheticSet:
     """Condense ``config.dataset`` into ``config.ipc`` images per class.
 
@@ -801,6 +807,8 @@ def condense(
     ``stop_after`` ends this call after that many iterations (the run stays resumable).
     Raises ``NonFiniteLossError`` (with the last good checkpoint kept) if the loss diverges.
     Everything is checked before the folder is created; one process writes a folder at a time.
+    ``runtime``: device and precision (default: resolved from ``config``'s; under torchrun auto
+    is the first process's choice).
     """
     cfg = config.resolved()
     allow_changes = {name.replace("-", "_") for name in allow_changes}
@@ -810,7 +818,8 @@ def condense(
     out_path = Path(out) if out is not None else None
     if out_path is not None:  # refuse early: before the data is read
         dist.on_main(check_run_folder, out_path, resume=resume, overwrite=overwrite)
-    dist.init(dist.resolve_device(cfg.device))  # a no-op unless torchrun started several
+    if runtime is None:  # under torchrun this opens the process group
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     dataset = dataset.holdout(cfg.holdout)  # the held-out images are never drawn
@@ -823,11 +832,11 @@ def condense(
         with safe_open(str(out_path / CHECKPOINT_FILE), "pt") as f:
             header = f.metadata() or {}
         saved = json.loads(header.get("config", "{}"))
-        if cfg.precision == "auto":
+        if runtime.automatic:
             # auto resumes in the precision the run chose: the hardware probe may answer
             # otherwise on another machine or a busy one, and that would refuse the resume
-            cfg = dataclasses.replace(cfg, precision=_saved_precision(saved))
-    run = _Run(cfg, dataset, out_path)  # checks model, depth, ipc, ... before any file
+            runtime = runtime.with_precision(_saved_precision(saved))
+    run = _Run(cfg, dataset, out_path, runtime)  # checks model, depth, ipc, ... before any file
     if resume and out_path is not None:
         new = _check_resumable(saved, run.cfg, allow_changes)
         run.load_state(tensors, int(header.get("iteration", 0)), header)

@@ -53,7 +53,7 @@ from .io import (
     read_json,
     save_synthetic,
 )
-from .runtime import generator, resolve_device, resolve_precision, seed_for
+from .runtime import Runtime, generator, seed_for
 from .settings import setting, shared, shared_fields
 
 __all__ = [
@@ -294,10 +294,12 @@ def step_set(
     classes: Sequence[int],
     cache: Path,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> SyntheticSet:
     """The condensed (or selected) set of one step's ``sorted(classes)``, from the cache.
 
-    Label i of the returned set stands for ``sorted(classes)[i]``.
+    Label i of the returned set stands for ``sorted(classes)[i]``. ``runtime``: device and
+    condensation precision (default: resolved by ``condense`` from the step's settings).
     """
     classes = sorted(classes)
     key, content = _cache_key(settings, dataset, classes)
@@ -321,6 +323,7 @@ def step_set(
             herding_epochs=settings.herding_epochs,
             device=settings.device,
             progress=progress,
+            runtime=runtime,
         )
         save_synthetic(folder, syn)  # tensors first, then meta.json: meta marks it complete
         return syn
@@ -332,6 +335,7 @@ def step_set(
         resume=resume,
         overwrite=not resume,
         progress=progress,
+        runtime=runtime,
     )
 
 
@@ -375,7 +379,7 @@ def _prepare(out: Path, config: dict[str, Any], overwrite: bool) -> list[dict[st
     return list(read_json(out / PROGRESS_FILE).get("entries", []))
 
 
-def _resolved(settings: ContinualConfig, dataset: Dataset) -> dict[str, Any]:
+def _resolved(settings: ContinualConfig, dataset: Dataset, evaluation: Runtime) -> dict[str, Any]:
     out: dict[str, Any] = {"continual": settings.to_dict()}
     if settings.method in METHODS:
         cfg = settings.condense_config(dataset.name).resolved()
@@ -385,9 +389,7 @@ def _resolved(settings: ContinualConfig, dataset: Dataset) -> dict[str, Any]:
         **dataclasses.asdict(ecfg),
         "seed": f"seed_for(seed, {EVAL_STREAM}, order, step)",
         # as resolved on the machine that ran it ('auto' -> fp32 | bf16)
-        "precision": resolve_precision(
-            ecfg.precision, resolve_device(ecfg.device), dataset.image_size
-        ),
+        "precision": evaluation.precision,
     }
     out["dataset"] = {
         "name": dataset.name,
@@ -405,17 +407,25 @@ def run_continual(
     progress: bool = True,
     overwrite: bool = False,
     dataset: Dataset | None = None,
+    runtime: Runtime | None = None,
 ) -> list[StepSummary]:
     """Run (or continue) the class-incremental protocol into ``out``; return the per-step summary.
 
     ``dataset`` (optional) replaces loading ``settings.dataset`` from ``settings.data_root``.
+    ``runtime``: the device and the evaluation's precision (default: resolved from
+    ``settings.device`` and ``settings.eval_precision``); the condensation's precision (its
+    settings', auto unless ``--set precision=...``) is resolved on the same device.
     """
     settings = settings.validated()
     out = Path(out)
     if dataset is None:
         dataset = load_dataset(settings.dataset, settings.data_root, settings.image_size)
     split_steps(range(dataset.num_classes), settings.steps)  # raises if not divisible
-    config = _resolved(settings, dataset)
+    if runtime is None:
+        runtime = Runtime.resolve(settings.device, settings.eval_precision)
+    evaluation = runtime.for_images(dataset.image_size)
+    condensation = runtime.with_precision(settings.condense_config(dataset.name).precision)
+    config = _resolved(settings, dataset, evaluation)
     entries = _prepare(out, config, overwrite)
     atomic_write_json(out / CONFIG_FILE, config)
     done = {(e["order"], e["step"]) for e in entries}
@@ -429,11 +439,13 @@ def run_continual(
             if all((o, t) in done for t in range(s, settings.steps + 1)):
                 break  # nothing left in this order
             classes = sorted(group)
-            parts.append((classes, step_set(settings, dataset, classes, cache, progress)))
+            parts.append(
+                (classes, step_set(settings, dataset, classes, cache, progress, condensation))
+            )
             if (o, s) in done:
                 continue
             seen = [c for g in groups[:s] for c in g]
-            accs = _evaluate_step(settings, dataset, parts, seen, o, s)
+            accs = _evaluate_step(settings, dataset, parts, seen, o, s, evaluation)
             entries.append(
                 {
                     "order": o,
@@ -467,6 +479,7 @@ def _evaluate_step(
     seen: Sequence[int],
     order: int,
     step: int,
+    runtime: Runtime,
 ) -> list[float]:
     """Accuracies of ``runs`` fresh models trained on the memory, tested on the seen classes."""
     images, global_labels = build_memory(parts)
@@ -484,6 +497,7 @@ def _evaluate_step(
             strategy=dataset.dsa_strategy,
             cfg=ecfg,
             run=r,
+            runtime=runtime,
         )
         accs.append(float(acc))
     return accs

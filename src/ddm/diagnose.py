@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 
     from .data import Dataset
     from .io import SyntheticSet
+    from .runtime import Runtime
 
 __all__ = ["DiagnoseReport", "DiagnoseConfig", "diagnose", "plot", "summary"]
 
@@ -194,21 +195,24 @@ def diagnose(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    *,
+    runtime: Runtime | None = None,
 ) -> DiagnoseReport:
     """Style gap to the real data and intra-class diversity of ``syn`` and of a random subset.
 
-    ``nets`` random ConvNets, ``batch`` real train images per class (all of a smaller class).
+    ``nets`` random ConvNets, ``batch`` real train images per class (all of a smaller class);
+    ``runtime``: the device (default: ``device`` resolved), in float32.
     """
     import torch
     from tqdm.auto import tqdm
 
     from .baselines import random_subset
-    from .runtime import generator, resolve_device
+    from .runtime import Runtime, generator
 
     if nets < 1 or batch < 1:
         raise ValueError(f"nets and batch must be >= 1, got nets={nets}, batch={batch}")
     _check_compatible(syn, dataset)
-    dev = resolve_device(device)
+    dev = (runtime or Runtime.resolve(device, "fp32")).device
     ipc = int(syn.meta.get("ipc") or torch.bincount(syn.labels).max())
     images, labels = syn.expanded()
     sets = {

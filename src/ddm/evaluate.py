@@ -22,7 +22,6 @@ condensation writes a new one) are never taken for the current set's.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import time
@@ -44,7 +43,7 @@ from .data import Dataset, load_dataset
 from .io import SyntheticSet, atomic_write_json, load_synthetic, read_json, run_progress
 from .models import build_model
 from .recipes import cutmix, lr_factor, make_optimizer
-from .runtime import Stream, autocast, resolve_precision, seed_for, tune_allocator
+from .runtime import Runtime, Stream, autocast, seed_for, tune_allocator
 from .teacher import Teacher, load_teacher, soft_label_loss
 
 __all__ = [
@@ -117,11 +116,16 @@ def accuracy(
     batch: int = 1000,
     precision: str = "fp32",
 ) -> float:
-    """Percent of ``images`` classified correctly (eval mode, no grad, in batches)."""
+    """Percent of ``images`` classified correctly (eval mode, no grad, in batches), the forward
+    in ``precision`` (resolved: fp32 | bf16, e.g. a ``Runtime``'s)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(
+            f"accuracy takes a resolved precision (fp32 | bf16), not {precision!r}; resolve it "
+            "with ddm.runtime.Runtime.resolve"
+        )
     net.eval()
     correct = 0
-    resolved = resolve_precision(precision, device, images.shape[-1])
-    with torch.no_grad(), autocast(resolved, device):
+    with torch.no_grad(), autocast(precision, device):
         for i in range(0, len(images), batch):
             x = images[i : i + batch].to(device, non_blocking=True)
             pred = net(x).argmax(1).cpu()
@@ -141,6 +145,7 @@ def train_and_test(
     run: int = 0,
     teacher: Teacher | None = None,
     soft_targets: torch.Tensor | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[float, float]:
     """Train one fresh ``cfg.model`` on (train_x, train_y); return (test %, train %).
 
@@ -148,10 +153,13 @@ def train_and_test(
     Under ``cfg.labels == "soft"`` the loss is the KL to soft labels: the ``teacher``'s logits
     for every augmented batch (mode M) or the per-image ``soft_targets`` logits (mode S).
     Under bf16 precision the forward passes run in bf16 autocast; the loss is float32.
+    ``runtime``: device and precision (default: resolved from ``cfg``'s).
     """
-    device = dist.resolve_device(cfg.device)
     channels, size = train_x.shape[1], train_x.shape[-1]
-    precision = resolve_precision(cfg.precision, device, size)
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
+    runtime = runtime.for_images(size)
+    device, precision = runtime.device, runtime.precision
     recipe = cfg.training()
     soft = cfg.labels == "soft"
     if soft and cfg.soft_label_mode == "M" and teacher is None:
@@ -183,7 +191,7 @@ def train_and_test(
             perm, lam = None, 1.0
             if mixing is not None:
                 x, perm, lam = cutmix(x, recipe, mixing)
-            with autocast(precision, device):
+            with runtime.autocast():
                 logits = net(x)
             if not soft:
                 loss = F.cross_entropy(logits.float(), y_all[idx])
@@ -212,26 +220,28 @@ def evaluate_set(
     progress: bool = True,
     trained: dict[int, tuple[float, float]] | None = None,
     on_run: Callable[[dict[int, tuple[float, float]]], None] | None = None,
+    *,
+    runtime: Runtime | None = None,
 ) -> EvalResult:
     """Evaluate a condensed set (expanded first when it is an IDM set) on ``dataset``'s test set.
 
     ``trained`` maps run indices already trained for this set under ``cfg``'s protocol to their
     (test %, train %); only the other runs train. ``on_run`` is called (by the main process)
     with every run known so far after each model it trains. Under torchrun each process trains
-    its share of the runs; every process returns them all.
+    its share of the runs; every process returns them all. ``runtime``: device and precision
+    (default: resolved from ``cfg``'s; under torchrun auto is the first process's choice).
     """
     tune_allocator()
-    dist.init(dist.resolve_device(cfg.device))
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
     if isinstance(syn, SyntheticSet):
         _check_compatible(syn, dataset)
         images, labels = syn.expanded()
     else:
         images, labels = syn
+    runtime = runtime.for_images(images.shape[-1])
     _check_holdout(syn, cfg)
-    teacher, soft_targets = _soft_label_sources(syn, dataset, cfg)
-    if cfg.precision == "auto":  # under torchrun every process trains in the first one's choice
-        chosen = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
-        cfg = dataclasses.replace(cfg, precision=dist.all_gather_object(chosen)[0])
+    teacher, soft_targets = _soft_label_sources(syn, dataset, cfg, runtime.device)
     test_x, test_y = dataset.holdout(cfg.holdout).test_tensors()
     from tqdm.auto import tqdm
 
@@ -253,6 +263,7 @@ def evaluate_set(
             run=run,
             teacher=teacher,
             soft_targets=soft_targets,
+            runtime=runtime,
         )
         if on_run is not None and dist.is_main():
             on_run(dict(done))
@@ -260,16 +271,18 @@ def evaluate_set(
         done.update(part)
     accs = [done[run][0] for run in range(cfg.runs)]
     train_accs = [done[run][1] for run in range(cfg.runs)]
-    precision = resolve_precision(cfg.precision, dist.resolve_device(cfg.device), images.shape[-1])
     seconds = time.perf_counter() - t0
     about = teacher.describe() if teacher is not None else None
     return EvalResult(
-        cfg.model, cfg.epochs, accs, train_accs, seconds, precision, len(known), about
+        cfg.model, cfg.epochs, accs, train_accs, seconds, runtime.precision, len(known), about
     )
 
 
 def _soft_label_sources(
-    syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], dataset: Dataset, cfg: EvalConfig
+    syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor],
+    dataset: Dataset,
+    cfg: EvalConfig,
+    device: torch.device,
 ) -> tuple[Teacher | None, torch.Tensor | None]:
     """The teacher (soft labels, mode M) or the set's stored soft labels (mode S)."""
     if cfg.labels != "soft":
@@ -287,7 +300,7 @@ def _soft_label_sources(
             "--labels soft needs a teacher: --teacher DIR or --teachers-dir DIR (train one "
             f"with `ddm teacher --dataset {dataset.name} --out DIR`)"
         )
-    return load_teacher(cfg.teacher, dataset, str(dist.resolve_device(cfg.device))), None
+    return load_teacher(cfg.teacher, dataset, device), None
 
 
 def _check_holdout(syn: SyntheticSet | tuple[torch.Tensor, torch.Tensor], cfg: EvalConfig) -> None:
@@ -404,22 +417,28 @@ def evaluate_folder(
     dataset: Dataset,
     cfg: EvalConfig,
     progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
 ) -> EvalResult:
     """Evaluate ``syn`` and record the result in ``folder``'s metrics.json, model by model:
     models this set already has under the same protocol are reused, and each new one is
-    recorded as it finishes, so an interrupted evaluation continues where it stopped."""
+    recorded as it finishes, so an interrupted evaluation continues where it stopped.
+    ``runtime``: device and precision (default: resolved from ``cfg``'s)."""
     folder = Path(folder)
-    device = dist.resolve_device(cfg.device)
-    dist.init(device)
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
     images = syn.images if isinstance(syn, SyntheticSet) else syn[0]
-    precision = resolve_precision(cfg.precision, device, images.shape[-1])
+    runtime = runtime.for_images(images.shape[-1])
+    precision = runtime.precision
     fingerprint = set_fingerprint(syn)
     trained = dist.on_main(trained_runs, folder, cfg, precision, fingerprint)
 
     def checkpoint(done: dict[int, tuple[float, float]]) -> None:
         record_partial(folder, cfg, precision, fingerprint, done)
 
-    result = evaluate_set(syn, dataset, cfg, progress, trained=trained, on_run=checkpoint)
+    result = evaluate_set(
+        syn, dataset, cfg, progress, trained=trained, on_run=checkpoint, runtime=runtime
+    )
     # an unfinished run's set says so in its entry (iterations done and planned)
     done = run_progress(syn.meta) if isinstance(syn, SyntheticSet) else {}
     dist.on_main(record_metrics, folder, result, cfg, fingerprint, done)
@@ -459,11 +478,13 @@ def evaluate_run(
     data_root: str | None = None,
     dataset: Dataset | None = None,
     progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
 ) -> EvalResult:
     """Evaluate the set in ``run_dir`` and record the result in its ``metrics.json``.
 
     The dataset is the one named in the run's meta.json; ``data_root`` defaults to the root
-    the run was condensed from (its config.json).
+    the run was condensed from (its config.json). ``runtime``: as ``evaluate_folder``'s.
     """
     run_dir = Path(run_dir)
     syn = load_synthetic(run_dir)
@@ -472,7 +493,7 @@ def evaluate_run(
         if root is None and (run_dir / "config.json").exists():
             root = read_json(run_dir / "config.json").get("data_root")
         dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
-    return evaluate_folder(run_dir, syn, dataset, cfg, progress=progress)
+    return evaluate_folder(run_dir, syn, dataset, cfg, progress=progress, runtime=runtime)
 
 
 def entry_precision(entry: dict[str, Any]) -> str:

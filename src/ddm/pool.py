@@ -41,7 +41,7 @@ from .config import PRECISIONS, CondenseConfig, EvalConfig
 from .data import Dataset
 from .io import atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model, default_depth
-from .runtime import Stream, autocast, generator, seed_for
+from .runtime import Runtime, Stream, autocast, generator, seed_for
 from .settings import setting, shared
 
 __all__ = ["POOL_FILE", "PoolConfig", "Pool", "PoolError", "train_pool", "load_pool"]
@@ -249,21 +249,24 @@ def train_pool(
     *,
     dataset: Dataset | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue training) the pool in ``out``; returns the manifest."""
+    """Train (or continue training) the pool in ``out``; returns the manifest. ``runtime``: the
+    device and precision (default: ``cfg.device`` and ``cfg.precision`` resolved)."""
     from tqdm.auto import tqdm
 
     from .data import load_dataset
-    from .runtime import resolve_device, resolve_precision
 
-    device = resolve_device(cfg.device)
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
+    device = runtime.device
     if dataset is None:
         dataset = load_dataset(cfg.dataset, cfg.data_root)
     depth = _depth(cfg.model, cfg.depth, dataset.image_size)
     shape = (dataset.channels, dataset.num_classes, dataset.image_size)
     out = Path(out)
     probe = _build(cfg.model, shape, depth)
-    precision = resolve_precision(cfg.precision, device, dataset.image_size)
+    precision = runtime.for_images(dataset.image_size).precision
     manifest = _manifest(cfg, dataset, probe, depth, precision)
     if (out / POOL_FILE).exists():
         saved = read_json(out / POOL_FILE)

@@ -8,11 +8,13 @@ adding a draw to one never shifts another; the global RNG is only used, inside
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from .config import PRECISIONS
 
 __all__ = [
+    "Runtime",
     "seed_for",
     "generator",
     "resolve_device",
@@ -248,6 +251,72 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     kernels); callers keep statistics and losses in float32.
     """
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a job computes: device, precision, threads, rank. Resolved once, at the
+    entry point (``Runtime.resolve``), and passed down; nothing below it sees ``auto``.
+
+    ``automatic`` says the precision was chosen by ``auto`` rather than asked for: auto keeps
+    images under ``BF16_MIN_IMAGE_SIZE`` pixels in float32 (``for_images``), and a resumed
+    condensation keeps the precision the run chose.
+    """
+
+    device: torch.device
+    precision: str = "fp32"  # resolved: fp32 | bf16
+    # torch's intra-op threads when resolved (auto's bf16 probe ran with them)
+    threads: int = field(default_factory=torch.get_num_threads)
+    rank: int = 0
+    world_size: int = 1
+    automatic: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        device: str = "auto",
+        precision: str = "auto",
+        *,
+        image_size: int | None = None,
+        threads: int | None = None,
+    ) -> Runtime:
+        """Resolve ``--device`` and ``--precision`` (``auto`` or a name) for this process.
+
+        Under torchrun ``auto``/``cuda`` mean ``cuda:LOCAL_RANK`` and the process group is
+        opened here; auto's precision is the first process's choice on every process (its
+        probe is timed per process). ``image_size``, when known, applies auto's image-size
+        floor at once (``for_images``); ``threads`` sets torch's thread count first.
+        """
+        from . import distributed as dist
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        dev = dist.resolve_device(device)
+        dist.init(dev)
+        resolved = cls(dev, "fp32", torch.get_num_threads(), dist.rank(), dist.world_size())
+        resolved = resolved.with_precision(precision)
+        return resolved if image_size is None else resolved.for_images(image_size)
+
+    def with_precision(self, precision: str) -> Runtime:
+        """This runtime computing in ``precision`` (auto | fp32 | bf16), resolved on its device;
+        under torchrun auto takes the first process's choice (every process calls this)."""
+        from . import distributed as dist
+
+        chosen = resolve_precision(precision, self.device)
+        if precision == "auto":
+            chosen = dist.all_gather_object(chosen)[0]
+        return dataclasses.replace(self, precision=chosen, automatic=precision == "auto")
+
+    def for_images(self, image_size: int) -> Runtime:
+        """This runtime for images ``image_size`` pixels across: auto's bf16 stays float32
+        below ``BF16_MIN_IMAGE_SIZE`` (``resolve_precision``); an asked-for precision stays."""
+        if self.automatic and self.precision == "bf16" and image_size < BF16_MIN_IMAGE_SIZE:
+            return dataclasses.replace(self, precision="fp32")
+        return self
+
+    def autocast(self) -> torch.autocast:
+        """The network's forward context: bf16 autocast under bf16, else nothing (reusable)."""
+        return autocast(self.precision, self.device)
 
 
 _ALLOCATOR_TUNED = False

@@ -38,6 +38,7 @@ from . import distributed as dist
 from .config import EvalConfig
 from .data import Dataset
 from .io import META_FILE, SyntheticSet, atomic_write_json, read_json, save_synthetic
+from .runtime import Runtime
 
 __all__ = [
     "normalise",
@@ -177,12 +178,17 @@ def score_set(
     progress: bool = True,
     w: float = 0.5,
     g: float = 0.5,
+    *,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Train everything the scores need (reusing models already in the metrics files),
-    record the scores in ``folder``'s metrics.json and return them with the accuracies."""
+    record the scores in ``folder``'s metrics.json and return them with the accuracies.
+    ``runtime``: device and precision of the training (default: resolved from ``cfg``'s)."""
     from .evaluate import METRICS_FILE, evaluate_folder
     from .teacher import load_teacher
 
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, cfg.precision)
     folder = Path(folder)
     if full_accuracy is None:
         if cfg.teacher is None:
@@ -194,12 +200,13 @@ def score_set(
     hard = dataclasses.replace(cfg, labels="hard")
     noaug = dataclasses.replace(cfg, dsa=False)
     rand, rand_dir = _random_baseline(syn, dataset, cfg, folder)
+    how = {"progress": progress, "runtime": runtime}
     runs = {
-        "syn_hard": evaluate_folder(folder, syn, dataset, hard, progress),
-        "syn_labels": evaluate_folder(folder, syn, dataset, cfg, progress),
-        "rdm_labels": evaluate_folder(rand_dir, rand, dataset, cfg, progress),
-        "syn_noaug": evaluate_folder(folder, syn, dataset, noaug, progress),
-        "rdm_noaug": evaluate_folder(rand_dir, rand, dataset, noaug, progress),
+        "syn_hard": evaluate_folder(folder, syn, dataset, hard, **how),
+        "syn_labels": evaluate_folder(folder, syn, dataset, cfg, **how),
+        "rdm_labels": evaluate_folder(rand_dir, rand, dataset, cfg, **how),
+        "syn_noaug": evaluate_folder(folder, syn, dataset, noaug, **how),
+        "rdm_noaug": evaluate_folder(rand_dir, rand, dataset, noaug, **how),
     }
     inputs = ScoreInputs(full_accuracy, *(runs[k].accuracies for k in list(runs)))
     scores = compute_scores(inputs, w, g)

@@ -35,7 +35,7 @@ from .config import CondenseConfig, EvalConfig
 from .data import Dataset
 from .io import RunFolderError, atomic_write_json, load_tensors, read_json, save_tensors
 from .models import build_model
-from .runtime import Stream, resolve_device, seed_for
+from .runtime import Runtime, Stream, resolve_device, seed_for
 from .settings import setting, shared
 
 __all__ = [
@@ -189,28 +189,36 @@ def _load_checkpoint(out: Path, net: nn.Module, opt, gen, cfg: TeacherConfig) ->
 
 
 def train_teacher(
-    dataset: Dataset, cfg: TeacherConfig, out: str | os.PathLike, progress: bool = True
+    dataset: Dataset,
+    cfg: TeacherConfig,
+    out: str | os.PathLike,
+    progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
 ) -> Teacher:
     """Train ``cfg.model`` on all of ``dataset``'s training images, test it, write the teacher.
 
     Resumes from ``out``'s checkpoint when one of the same settings is there; a finished
-    teacher in ``out`` is returned as it is.
+    teacher in ``out`` is returned as it is. ``runtime``: the device (default: ``cfg.device``
+    resolved); a teacher trains in float32.
     """
     from tqdm.auto import tqdm
 
     from .evaluate import accuracy
 
+    if runtime is None:
+        runtime = Runtime.resolve(cfg.device, "fp32")
+    device = runtime.device
     out = Path(out)
     if (out / TEACHER_META).exists():
         done = read_json(out / TEACHER_META)
         if done.get("recipe") == cfg.recipe() and done.get("dataset") == dataset.name:
-            return load_teacher(out, dataset)
+            return load_teacher(out, dataset, device)
         raise TeacherError(
             f"{out} already holds a teacher trained otherwise ({done.get('dataset')}, "
             f"{done.get('model')}); name another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(cfg.seed, Stream.TEACHER_MODEL))
         net = _build(cfg.model, cfg.depth, dataset).to(device)
@@ -295,9 +303,12 @@ def check_teacher(meta: dict[str, Any], dataset: Dataset, where: str | os.PathLi
 
 
 def load_teacher(
-    folder: str | os.PathLike, dataset: Dataset | None = None, device: str = "auto"
+    folder: str | os.PathLike,
+    dataset: Dataset | None = None,
+    device: str | torch.device = "auto",
 ) -> Teacher:
-    """Read a teacher folder (safetensors + JSON), checked against ``dataset`` when given.
+    """Read a teacher folder (safetensors + JSON), checked against ``dataset`` when given, onto
+    ``device`` (a resolved one, or a name: auto | cpu | cuda[:N]).
 
     A pool folder made by ``ddm pool`` serves too: its first finished network (the lowest
     index) is the teacher, with the test accuracy the pool recorded for it."""
@@ -331,13 +342,15 @@ def load_teacher(
         raise TeacherError(
             f"teacher {folder}: weights do not fit {meta['model']} ({first})"
         ) from None
-    net = net.to(resolve_device(device)).eval()
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
+    net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return Teacher(net, meta, folder)
 
 
-def _pool_teacher(folder: Path, dataset: Dataset | None, device: str) -> Teacher:
+def _pool_teacher(folder: Path, dataset: Dataset | None, device: str | torch.device) -> Teacher:
     """The first finished network of a pool folder as a teacher."""
     from .pool import POOL_FILE
 
@@ -377,7 +390,9 @@ def _pool_teacher(folder: Path, dataset: Dataset | None, device: str) -> Teacher
         raise TeacherError(
             f"teacher {folder}: weights do not fit {meta['model']} ({first})"
         ) from None
-    net = net.to(resolve_device(device)).eval()
+    if not isinstance(device, torch.device):
+        device = resolve_device(device)
+    net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     return Teacher(net, meta, folder)

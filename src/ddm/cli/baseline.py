@@ -12,6 +12,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from ..baselines import BASELINE_SETTINGS, baseline, make_baseline
     from ..condense import check_run_folder, open_run_folder
     from ..data import load_dataset
+    from ..runtime import Runtime
 
     baseline(args.method)  # an unknown name fails before anything is loaded
     if args.ipc <= 0:
@@ -27,8 +28,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         args.ipc,
         seed=args.seed,
         herding_epochs=args.herding_epochs,
-        device=args.device,
         progress=not args.quiet,
+        # a device only for the baselines that compute (herding trains a network, in float32)
+        runtime=(
+            Runtime.resolve(args.device, "fp32")
+            if "device" in BASELINE_SETTINGS[args.method]
+            else None
+        ),
     )
     # by flag name, so the saved config.json is a valid --config
     settings = {

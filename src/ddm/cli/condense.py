@@ -11,6 +11,7 @@ from .common import _condense_config, _summary
 def cmd_condense(args: argparse.Namespace) -> int:
     from .. import distributed as dist
     from ..condense import condense
+    from ..runtime import Runtime
 
     cfg = _condense_config(args)
     condense(
@@ -20,6 +21,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         allow_changes=[n for item in args.allow_change for n in item.split(",") if n],
+        runtime=Runtime.resolve(cfg.device, cfg.precision),
     )
     dist.echo(_summary(Path(args.out)))
     return 0

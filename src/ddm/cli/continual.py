@@ -14,6 +14,7 @@ __all__ = ["add_parsers", "cmd_continual", "cmd_continual_plot"]
 def cmd_continual(args: argparse.Namespace) -> int:
     from ..config import parse_overrides
     from ..continual import PLOT_FILE, SUMMARY_MD, ContinualConfig, run_continual
+    from ..runtime import Runtime
 
     fields = values_from(args, ContinualConfig)
     try:
@@ -26,6 +27,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
         args.out,
         progress=not getattr(args, "quiet", False),
         overwrite=args.overwrite,
+        runtime=Runtime.resolve(settings.device, settings.eval_precision),
     )
     print(Path(args.out, SUMMARY_MD).read_text(), end="")
     if summary:

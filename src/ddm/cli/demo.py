@@ -34,6 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..config import CondenseConfig, EvalConfig
     from ..data import load_dataset
     from ..evaluate import evaluate_folder
+    from ..runtime import Runtime
 
     out = Path(args.out)
     dataset = load_dataset("digits")
@@ -55,6 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ecfg = EvalConfig(
         epochs=args.epochs, runs=args.runs, device=args.device, precision=args.precision
     )
+    runtime = Runtime.resolve(args.device, args.precision)  # condensation and evaluation
     print(
         f"condensing digits ({dataset.num_classes} classes, {len(dataset.train)} train "
         f"images) into {args.ipc} images per class with DDM ({form} form) and with DM, "
@@ -63,7 +65,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sets = {}
     for method, cfg in configs.items():
         sets[method] = condense(
-            cfg, out / method, dataset=dataset, overwrite=True, progress=not args.quiet
+            cfg,
+            out / method,
+            dataset=dataset,
+            overwrite=True,
+            progress=not args.quiet,
+            runtime=runtime,
         )
     rand_dir = out / "random"
     prepare_run_folder(rand_dir, resume=False, overwrite=True)
@@ -75,7 +82,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     names = {"ddm": f"DDM ({form} form)", "dm": "DM", "random": "random subset"}
     results = {
-        key: evaluate_folder(out / key, sets[key], dataset, ecfg, progress=not args.quiet)
+        key: evaluate_folder(
+            out / key, sets[key], dataset, ecfg, progress=not args.quiet, runtime=runtime
+        )
         for key in names
     }
     print(

@@ -37,7 +37,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..diagnose import CONDENSED, DiagnoseConfig, diagnose, plot, summary
     from ..io import atomic_write_json, load_synthetic, read_json
-    from ..runtime import tune_allocator
+    from ..runtime import Runtime, tune_allocator
 
     tune_allocator()
     folder = Path(args.run)
@@ -46,11 +46,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if root is None and (folder / "config.json").exists():
         root = read_json(folder / "config.json").get("data_root")
     dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
+    settings = values_from(args, DiagnoseConfig)
     report = diagnose(
         syn,
         dataset,
-        **values_from(args, DiagnoseConfig),
+        **settings,
         progress=not getattr(args, "quiet", False),
+        runtime=Runtime.resolve(settings.get("device", "auto"), "fp32"),
     )
     m = report.meta
     print(

@@ -15,8 +15,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_folder, evaluate_run
     from ..interop import import_set, is_run_folder
     from ..io import RunFolderError
+    from ..runtime import Runtime
 
     cfg = _eval_config(args)
+    runtime = Runtime.resolve(cfg.device, cfg.precision)
     paths = [Path(p) for p in args.runs_dirs]
     for path in paths:
         if not path.exists():
@@ -59,15 +61,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in paths:
         set_cfg = _with_teacher(cfg, args, dataset.name if dataset else _run_dataset(path))
         if args.scores:
-            dist.echo(_scores(path, imported.get(path), set_cfg, args, dataset))
+            dist.echo(_scores(path, imported.get(path), set_cfg, args, dataset, runtime))
             continue
         if path in imported:
             syn, out = imported[path]
-            result = evaluate_folder(out, syn, dataset, set_cfg, progress=not args.quiet)
+            result = evaluate_folder(
+                out, syn, dataset, set_cfg, progress=not args.quiet, runtime=runtime
+            )
             where = f"  -> {out / 'metrics.json'}"
         else:
             result = evaluate_run(
-                path, set_cfg, data_root=args.data_root, dataset=dataset, progress=not args.quiet
+                path,
+                set_cfg,
+                data_root=args.data_root,
+                dataset=dataset,
+                progress=not args.quiet,
+                runtime=runtime,
             )
             where = ""
         if result.reused:
@@ -96,7 +105,7 @@ def _with_teacher(cfg, args: argparse.Namespace, dataset_name: str | None):
     return dataclasses.replace(cfg, teacher=None if folder is None else str(folder))
 
 
-def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset) -> str:
+def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset, runtime) -> str:
     """Train what DD-Ranking's scores need for one set; its accuracies and scores as text."""
     from ..data import load_dataset
     from ..io import load_synthetic, read_json
@@ -113,7 +122,13 @@ def _scores(path: Path, imported, cfg, args: argparse.Namespace, dataset) -> str
                 root = read_json(path / "config.json").get("data_root")
             dataset = load_dataset(syn.meta["dataset"], root, syn.meta.get("image_size"))
     entry = score_set(
-        folder, syn, dataset, cfg, full_accuracy=args.full_accuracy, progress=not args.quiet
+        folder,
+        syn,
+        dataset,
+        cfg,
+        full_accuracy=args.full_accuracy,
+        progress=not args.quiet,
+        runtime=runtime,
     )
     recipe = f"{cfg.recipe} recipe, {cfg.labels} labels"
     return (

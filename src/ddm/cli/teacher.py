@@ -43,6 +43,7 @@ def add_teacher_parser(sub: Any) -> None:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..runtime import Runtime
     from ..teacher import TeacherConfig, teacher_folder, train_teacher
     from .flags import values_from
 
@@ -51,7 +52,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     )
     dataset = load_dataset(args.dataset, args.data_root, args.image_size)
     out = Path(args.out) if args.out else teacher_folder(args.teachers_dir, dataset.name, cfg.model)
-    teacher = train_teacher(dataset, cfg, out, progress=not args.quiet)
+    runtime = Runtime.resolve(cfg.device, "fp32")  # a teacher trains in float32
+    teacher = train_teacher(dataset, cfg, out, progress=not args.quiet, runtime=runtime)
     print(
         f"{out}: teacher {cfg.model} on {dataset.name}, {cfg.epochs} epochs: "
         f"{teacher.accuracy:.2f} % test accuracy"
