@@ -47,9 +47,11 @@ What the ``ddranking`` step changes in DD-Ranking's run, and why (nothing else i
   as ``ddm`` reports the final model (DD-Ranking keeps the best of tests every 10 or 20 epochs).
 - ``AugmentationRobustScore`` with hard labels reads two attributes that 0.2.0 only sets with
   soft labels or never: ``teacher_models`` (set to None) and ``test_loader_real`` (set to its
-  ``test_loader_syn``, the same CIFAR-10 test set). Its random subset is taken as images
-  (``random_data_format: image``: its tensor path calls ``get_random_data_tensors`` without
-  ``class_map``), which needs ``custom_train_trans`` (set to ToTensor + its Normalize).
+  ``test_loader_syn``, the same CIFAR-10 test set). Its random subset is taken as images, JPEG
+  files read back with the export's ``custom_train_trans`` (``random_data_format: image``: its
+  tensor path calls ``get_random_data_tensors`` without ``class_map`` and fails).
+- ``LabelRobustScoreHard`` takes its random subset as tensors (``random_data_format:
+  tensor``, lossless; its tensor path works), so the two metrics show what the JPEG costs.
 - torchvision's ``CIFAR10`` checks the md5 sums of the batch files and otherwise downloads
   them (DD-Ranking passes ``download=True``); a copy whose pixels and labels are the original
   ones but whose md5 sums differ is accepted when all its files are present.
@@ -116,7 +118,6 @@ def run_ddranking(args: argparse.Namespace) -> None:
     work = out.parent / (out.stem + "-work")
     work.mkdir(parents=True, exist_ok=True)
     cfg = Config.from_file(str(export / "ddranking.yaml"))
-    mean, std = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
     cfg.update(
         {
             "real_data_path": str(args.data_root),
@@ -170,10 +171,6 @@ def run_ddranking(args: argparse.Namespace) -> None:
             {
                 "label_type": "hard",
                 "random_data_format": "image",
-                "custom_train_trans": [
-                    {"name": "ToTensor"},
-                    {"name": "Normalize", "args": {"mean": mean, "std": std}},
-                ],
             }
         )
         metric = aug_robust.AugmentationRobustScore(cfg)
