@@ -55,6 +55,10 @@ What the ``ddranking`` step changes in DD-Ranking's run, and why (nothing else i
 - torchvision's ``CIFAR10`` checks the md5 sums of the batch files and otherwise downloads
   them (DD-Ranking passes ``download=True``); a copy whose pixels and labels are the original
   ones but whose md5 sums differ is accepted when all its files are present.
+- ``LabelRobustScoreHard`` appends each run's LRS twice to its list, and its ``save_results``
+  (a pandas DataFrame of the lists) then fails with "All arrays must be of the same length"
+  after all the training; the lists are written as JSON instead. The doubled list has the
+  same mean and population std as the single one, so its returned scores are unchanged.
 - ``device: cpu``, ``num_workers: 0`` and one torch thread.
 
 Every training DD-Ranking runs is recorded (which set, lr, augmentation, accuracy), so the
@@ -150,6 +154,11 @@ def run_ddranking(args: argparse.Namespace) -> None:
 
         return wrapper
 
+    def save_ragged(results: dict, save_path: str) -> None:
+        # 0.2.0's LabelRobustScoreHard appends each run's LRS twice, and pandas refuses columns
+        # of unequal length: the CSV becomes JSON (mean and std are unchanged by the doubling)
+        Path(save_path).with_suffix(".json").write_text(json.dumps(results, default=float))
+
     def which(kw) -> str:
         return "set" if kw.get("image_tensor") is images else "random"
 
@@ -158,6 +167,7 @@ def run_ddranking(args: argparse.Namespace) -> None:
         key = f"{cfg.get('dataset')}-{cfg.get('model_name')}"
         train_and_eval.REAL_DATA_ACC_CACHE[key] = args.full_accuracy
         hard_label.set_seed = set_seed
+        hard_label.save_results = save_ragged
         cfg.update({"random_data_format": "tensor", "eval_full_data": False})
         metric = hard_label.LabelRobustScoreHard(cfg)
         metric.test_interval = args.epochs
@@ -251,6 +261,13 @@ def report(args: argparse.Namespace) -> None:
             ("HLR", sc["hlr"], r["hard_label_recovery_mean"], same["hlr"], at01["hlr"]),
             ("IOR", sc["ior"], r["improvement_over_random_mean"], same["ior"], at01["ior"]),
             ("LRS", sc["lrs"], r["label_robust_score_mean"], same["lrs"], at01["lrs"]),
+            (  # DD-Ranking computes no fraction form: its column stays empty
+                "LRS with accuracies as fractions",
+                sc["lrs_fraction"],
+                None,
+                label_robust_score(full, syn, syn, rdm_best, scale=0.01)["lrs"],
+                label_robust_score(full, syn, syn, rdm01, scale=0.01)["lrs"],
+            ),
         ]
     if "ars" in ddr:
         t, r = ddr["ars"]["trainings"], ddr["ars"]["result"]
@@ -318,6 +335,25 @@ def report(args: argparse.Namespace) -> None:
                 at01["without_aug"],
             ),
             ("ARS", sc["ars"], r["augmentation_robust_score_mean"], same["ars"], at01["ars"]),
+            (
+                "ARS with accuracies as fractions",
+                sc["ars_fraction"],
+                None,
+                augmentation_robust_score(
+                    s_aug,
+                    got["random", True, "best"],
+                    s_no,
+                    got["random", False, "best"],
+                    scale=0.01,
+                )["ars"],
+                augmentation_robust_score(
+                    s_aug,
+                    got["random", True, "first"],
+                    s_no,
+                    got["random", False, "first"],
+                    scale=0.01,
+                )["ars"],
+            ),
         ]
     out = {
         "ddm": {
@@ -353,6 +389,17 @@ def report(args: argparse.Namespace) -> None:
             for x in scores
         ],
     }
+    out["ddm_other_evaluations"] = [
+        {
+            "set": str(folder),
+            "eval_seed": e["protocol"]["seed"],
+            "runs": e["protocol"]["runs"],
+            "accuracies": {k: v["per_run"] for k, v in e["accuracies"].items()},
+            "scores": {k: v["per_run"] for k, v in e["scores"].items()},
+        }
+        for folder in args.also
+        for e in json.loads((Path(folder) / "metrics.json").read_text()).get("scores", [])
+    ]
     dest = Path(args.out)
     dest.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
@@ -391,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
         "--ddranking", nargs="+", required=True, help="result JSONs of the ddranking step"
     )
     q.add_argument("--out", required=True, help="path without suffix for .json and .table.md")
+    q.add_argument(
+        "--also", nargs="*", default=[], help="more ddm --scores runs of the set (other seeds)"
+    )
     args = parser.parse_args(argv)
     run_ddranking(args) if args.cmd == "ddranking" else report(args)
 
