@@ -35,7 +35,7 @@ Steps (``ddm`` = ``PYTHONPATH=src python -m ddm``, DATA holds ``cifar-10-batches
     /tmp/ddrvenv/bin/python benchmarks/ddranking_endtoend.py ddranking W/export --metric ars \\
         --data-root DATA --epochs 20 --runs 1 --out W/ddr-ars.json
     python benchmarks/ddranking_endtoend.py report --ddm W/dm --ddranking W/ddr-lrs.json \\
-        W/ddr-ars.json --out benchmarks/results/ddranking_endtoend
+        W/ddr-ars.json --out benchmarks/results/ddranking_endtoend [--also W/dm-seed1 ...]
 
 What the ``ddranking`` step changes in DD-Ranking's run, and why (nothing else is touched):
 
@@ -223,7 +223,7 @@ def _pick(trainings: list[dict], how: str, **want) -> float | None:
 
 
 def report(args: argparse.Namespace) -> None:
-    """Set ddm's --scores entry beside DD-Ranking's results; write OUT.json and OUT.table.md.
+    """Set ddm's --scores entry beside DD-Ranking's results; write OUT.json, print the tables.
 
     Besides both sides' own numbers it passes DD-Ranking's accuracies through ``ddm.scores``
     (which must give DD-Ranking's scores exactly) and through it again with the random
@@ -357,7 +357,7 @@ def report(args: argparse.Namespace) -> None:
         ]
     out = {
         "ddm": {
-            "set": str(args.ddm),
+            "set": Path(args.ddm).name,
             "protocol": entry["protocol"],
             "accuracies": acc,
             "scores": sc,
@@ -391,7 +391,7 @@ def report(args: argparse.Namespace) -> None:
     }
     out["ddm_other_evaluations"] = [
         {
-            "set": str(folder),
+            "set": Path(folder).name,
             "eval_seed": e["protocol"]["seed"],
             "runs": e["protocol"]["runs"],
             "accuracies": {k: v["per_run"] for k, v in e["accuracies"].items()},
@@ -417,7 +417,6 @@ def report(args: argparse.Namespace) -> None:
     ]
     table = "\n".join(lines) + "\n"
     print(table)
-    (dest.parent / (dest.name + ".table.md")).write_text(table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument(
         "--ddranking", nargs="+", required=True, help="result JSONs of the ddranking step"
     )
-    q.add_argument("--out", required=True, help="path without suffix for .json and .table.md")
+    q.add_argument("--out", required=True, help="result path (.json is added)")
     q.add_argument(
         "--also", nargs="*", default=[], help="more ddm --scores runs of the set (other seeds)"
     )
