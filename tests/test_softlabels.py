@@ -368,6 +368,36 @@ def test_ddranking_export_uses_its_constants_and_reads_back(tmp_path, cifar_root
     assert torch.allclose(import_set(tmp_path / "dd", cifar).images, syn.images, atol=1e-5)
 
 
+def test_ddranking_config_gives_its_random_image_folders_a_tensor_transform():
+    """DD-Ranking reads its random subsets (``random_data_format: image``) with
+    ``ImageFolder(transform=custom_train_trans)``: None yields PIL images that its DataLoader
+    cannot batch, so the config carries its own test-set transform."""
+    from types import SimpleNamespace
+
+    from ddm.ddranking import ddranking_config
+
+    def transform(dataset: str, size: int) -> list:
+        syn = SimpleNamespace(meta={"dataset": dataset}, images=torch.zeros(1, 3, size, size))
+        config = ddranking_config(syn, 1, soft=False)
+        assert config["random_data_format"] == "image"
+        return config["custom_train_trans"]
+
+    cifar = [
+        {"name": "ToTensor"},
+        {
+            "name": "Normalize",
+            "args": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]},
+        },
+    ]
+    assert transform("cifar10", 32) == cifar
+    nette = transform("imagenette", 128)
+    assert nette[1]["args"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert nette[2:] == [
+        {"name": "Resize", "args": [[128, 128]]},
+        {"name": "CenterCrop", "args": [[128, 128]]},
+    ]
+
+
 def test_a_bare_pair_with_badly_shaped_soft_labels_is_refused(tmp_path, digits):
     from ddm.interop import ExternalSetError, import_set
 

@@ -80,6 +80,19 @@ def _renormalise(
     return (images * s0 + m0 - m1) / s1
 
 
+def _image_folder_transform(dataset: str, size: int) -> list[dict[str, Any]]:
+    """DD-Ranking's ``get_dataset`` transform for the dataset, as its YAML transform list:
+    ToTensor and its Normalize; ImageNet subsets then Resize and CenterCrop to the size."""
+    mean, std = DDRANKING_NORMALIZATION[dataset]
+    out: list[dict[str, Any]] = [
+        {"name": "ToTensor"},
+        {"name": "Normalize", "args": {"mean": list(mean), "std": list(std)}},
+    ]
+    if dataset in ("imagenette", "imagewoof"):
+        out += [{"name": n, "args": [[size, size]]} for n in ("Resize", "CenterCrop")]
+    return out
+
+
 def ddranking_config(syn: SyntheticSet, ipc: int, soft: bool) -> dict[str, Any]:
     """A config for DD-Ranking's evaluators (``Config.from_file``): the ``ddranking`` recipe,
     its DSA parameters (ours), a teacher named ConvNet-<depth>; paths are placeholders."""
@@ -122,7 +135,9 @@ def ddranking_config(syn: SyntheticSet, ipc: int, soft: bool) -> dict[str, Any]:
         },
         "use_zca": False,
         "use_aug_for_hard": True,
-        "custom_train_trans": None,
+        # its random subsets are image folders read with this transform (None yields PIL images
+        # that no DataLoader can batch): its own test-set transform (``get_dataset``)
+        "custom_train_trans": _image_folder_transform(syn.meta["dataset"], size),
         "custom_val_trans": None,
         "label_type": "soft",
         "use_soft_label": True,
