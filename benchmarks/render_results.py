@@ -230,6 +230,9 @@ def page_index() -> str:
         "- [Continual learning](continual.md): condensed memories in class-incremental "
         "learning.\n"
         "- [Precision](precision.md): sets condensed under bf16 against float32.\n"
+        "- [Labels, recipes and scores](protocols.md): every method's sets, NCFM's included, "
+        "under hard and soft labels, the DM and NCFM training recipes, and DD-Ranking's "
+        "scores.\n"
     )
 
 
@@ -657,6 +660,9 @@ def page_protocols() -> str:
         "B - A: the difference of the two rows' accuracies within each condensation seed, "
         "averaged (per seed in brackets):\n\n"
         + _table(["B - A"] + [PROTOCOL_NAMES[p] for p in protocols], gain_rows)
+        + "\n![gains over DM under each protocol](../img/protocols_cifar10.png)\n\n"
+        "The figure: each set's gain over DM's set of the same seed (bars: the mean, dots: the "
+        "seeds) under each augmented protocol.\n"
     )
     if recipe_rows:
         text += (
