@@ -9,9 +9,9 @@ runs and full-data accuracy.
 DD-Ranking needs its own environment, outside the repository (it pins nothing that ddm needs,
 but it pulls torchvision, kornia and timm)::
 
-    python3 -m venv /tmp/ddrvenv
-    /tmp/ddrvenv/bin/pip install torch==2.13.0          # first, so that pip keeps a CPU torch
-    /tmp/ddrvenv/bin/pip install torchvision==0.28.0 ddranking==0.2.0
+    python3 -m venv DDRVENV
+    DDRVENV/bin/pip install torch==2.13.0          # first, so that pip keeps a CPU torch
+    DDRVENV/bin/pip install torchvision==0.28.0 ddranking==0.2.0
 
 A torchvision wheel built for CUDA cannot load its C++ operators next to a CPU torch; its
 import then fails with ``RuntimeError: operator torchvision::nms does not exist`` (and next
@@ -30,9 +30,9 @@ Steps (``ddm`` = ``PYTHONPATH=src python -m ddm``, DATA holds ``cifar-10-batches
     ddm export W/dm --format ddranking --out W/export
     ddm evaluate W/dm --data-root DATA --epochs 20 --runs 1 --eval-seed 0 --precision fp32 \\
         --device cpu --eval-recipe ddranking --scores --full-accuracy 71.17
-    /tmp/ddrvenv/bin/python benchmarks/ddranking_endtoend.py ddranking W/export --metric lrs \\
+    DDRVENV/bin/python benchmarks/ddranking_endtoend.py ddranking W/export --metric lrs \\
         --data-root DATA --epochs 20 --runs 1 --full-accuracy 71.17 --out W/ddr-lrs.json
-    /tmp/ddrvenv/bin/python benchmarks/ddranking_endtoend.py ddranking W/export --metric ars \\
+    DDRVENV/bin/python benchmarks/ddranking_endtoend.py ddranking W/export --metric ars \\
         --data-root DATA --epochs 20 --runs 1 --out W/ddr-ars.json
     python benchmarks/ddranking_endtoend.py report --ddm W/dm --ddranking W/ddr-lrs.json \\
         W/ddr-ars.json --out benchmarks/results/ddranking_endtoend [--also W/dm-seed1 ...]
