@@ -135,29 +135,30 @@ def _scores(table: dict, protocol: str, row: str, full: float) -> dict | None:
     seeds = sorted(set.intersection(*(set(c) for c in lrs_cells)))
     if not seeds:
         return None
-    with_ars = all(set(seeds) <= set(c) for c in ars_cells)
     per_seed = {}
     for s in seeds:
+        # ARS only for the seeds whose no-augmentation twins ran
+        with_ars = all(s in c for c in ars_cells)
         values: dict[str, list[float]] = {}
         runs = zip(*(c[s] for c in lrs_cells), strict=True)
         for k, (sh, sl, rl) in enumerate(runs):
             for scale, suffix in ((1.0, ""), (0.01, "_fraction")):
                 lrs = label_robust_score(full, sh, sl, rl, scale=scale)
-                got = (
-                    {"hlr": lrs["hlr"], "ior": lrs["ior"], "lrs": lrs["lrs"]} if not suffix else {}
-                )
+                got = {"hlr": lrs["hlr"], "ior": lrs["ior"]} if not suffix else {}
                 got[f"lrs{suffix}"] = lrs["lrs"]
                 if with_ars:
                     sn, rn = ars_cells[0][s][k], ars_cells[1][s][k]
-                    got[f"ars{suffix}"] = augmentation_robust_score(sl, rl, sn, rn, scale=scale)[
-                        "ars"
-                    ]
+                    ars = augmentation_robust_score(sl, rl, sn, rn, scale=scale)
+                    got[f"ars{suffix}"] = ars["ars"]
                 for key, v in got.items():
                     values.setdefault(key, []).append(v)
         per_seed[str(s)] = {k: statistics.fmean(v) for k, v in values.items()}
-    keys = next(iter(per_seed.values())).keys()
+    keys = {k for p in per_seed.values() for k in p}
     return {
-        "mean": {k: statistics.fmean(p[k] for p in per_seed.values()) for k in keys},
+        "mean": {
+            k: statistics.fmean(p[k] for p in per_seed.values() if k in p) for k in sorted(keys)
+        },
+        "seeds": {k: [s for s, p in per_seed.items() if k in p] for k in sorted(keys)},
         "per_seed": per_seed,
     }
 
