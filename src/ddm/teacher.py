@@ -334,20 +334,7 @@ def load_teacher(
         raise TeacherError(f"teacher {folder}: {exc}") from None
     if dataset is not None:
         check_teacher(meta, dataset, folder)
-    net = _build(meta["model"], meta.get("depth"), meta)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise TeacherError(
-            f"teacher {folder}: weights do not fit {meta['model']} ({first})"
-        ) from None
-    if not isinstance(device, torch.device):
-        device = resolve_device(device)
-    net = net.to(device).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return Teacher(net, meta, folder)
+    return _frozen_teacher(meta, state, folder, device)
 
 
 def _pool_teacher(folder: Path, dataset: Dataset | None, device: str | torch.device) -> Teacher:
@@ -382,7 +369,14 @@ def _pool_teacher(folder: Path, dataset: Dataset | None, device: str | torch.dev
         state = load_tensors(folder / str(entry.get("final", "")))
     except RunFolderError as exc:
         raise TeacherError(f"teacher {folder}: {exc}") from None
-    net = _build(meta["model"], meta["depth"], meta)
+    return _frozen_teacher(meta, state, folder, device)
+
+
+def _frozen_teacher(
+    meta: dict[str, Any], state: dict[str, torch.Tensor], folder: Path, device
+) -> Teacher:
+    """The network ``meta`` describes, with ``state`` loaded, on ``device``, frozen."""
+    net = _build(meta["model"], meta.get("depth"), meta)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
