@@ -220,6 +220,38 @@ def test_same_seed_same_set_and_resume_matches_an_uninterrupted_run(pool, digits
     assert not torch.equal(full.images, other.images)
 
 
+def test_the_set_records_its_pool_and_a_changed_pool_refuses_to_resume(pool, digits, tmp_path):
+    import shutil
+
+    small = tmp_path / "pool1"  # the same folder, cut to its first network
+    shutil.copytree(pool, small)
+    manifest = json.loads((small / POOL_FILE).read_text())
+    manifest["networks"] = manifest["networks"][:1]
+    (small / POOL_FILE).write_text(json.dumps(manifest))
+    cfg = _cfg(small)
+    condense(cfg, tmp_path / "run", dataset=digits, progress=False, stop_after=2)
+    recorded = json.loads((tmp_path / "run/meta.json").read_text())["pool"]
+    assert recorded["networks"] == 1 and recorded["indices"] == [0]
+    assert recorded["test_accuracy"] == [manifest["networks"][0]["test_accuracy"]]
+    assert recorded["fingerprint"] != load_pool(pool, digits, "convnet").fingerprint
+    assert recorded["fingerprint"] == load_pool(small, digits, "convnet").fingerprint
+    # the pool grows under the run: resuming would draw other networks, so it stops at once
+    shutil.copy(pool / POOL_FILE, small / POOL_FILE)
+    with pytest.raises(
+        PoolError, match=r"changed since this run's checkpoint.*\[0\] then, \[0, 1\] now"
+    ):
+        condense(cfg, tmp_path / "run", dataset=digits, progress=False, resume=True)
+    # a network retrained in place (same index, other weights) is caught too
+    (small / POOL_FILE).write_text(json.dumps(manifest))
+    shutil.copy(small / "net0_init.safetensors", small / "net0_final.safetensors")
+    with pytest.raises(PoolError, match="weight files differ"):
+        condense(cfg, tmp_path / "run", dataset=digits, progress=False, resume=True)
+    # restored, it resumes and ends as an uninterrupted run does
+    shutil.copy(pool / "net0_final.safetensors", small / "net0_final.safetensors")
+    resumed = condense(cfg, tmp_path / "run", dataset=digits, progress=False, resume=True)
+    assert torch.equal(resumed.images, condense(cfg, None, dataset=digits, progress=False).images)
+
+
 def test_plateau_schedule_halves_the_rate_and_resumes(pool, digits):
     run = _Run(_cfg(pool).resolved(), digits, None)
     run.base.scheduler.patience = 1

@@ -162,6 +162,10 @@ class DMBase:
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         pass
 
+    def set_meta(self) -> dict[str, Any]:
+        """What the condensed set's meta.json records of the base (e.g. NCFM's pool)."""
+        return {}
+
 
 class IDMBase(DMBase):
     """IDM's model queue, partition-and-expansion and class-aware regularisation.

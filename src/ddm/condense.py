@@ -608,6 +608,7 @@ class Run:
             "dsa_strategy": self.strategy,
             "precision": self.cfg.precision,
             "version": __version__,
+            **self.base.set_meta(),
         }
         if d.held_out:
             meta["holdout"] = d.held_out

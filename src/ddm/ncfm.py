@@ -328,13 +328,27 @@ class NCFMBase(DMBase):
         return out
 
     def state_meta(self) -> dict[str, Any]:
+        out = {"pool": json.dumps(self.pool.summary())}
         if self.scheduler is None:
-            return {}
+            return out
         state = self.scheduler.state_dict()
         state["lr"] = [g["lr"] for g in self.scheduler.optimizer.param_groups]
-        return {"plateau": json.dumps(state)}
+        return {**out, "plateau": json.dumps(state)}
+
+    def set_meta(self) -> dict[str, Any]:
+        return {"pool": self.pool.summary()}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if "pool" in meta:  # the networks drawn so far must be the ones drawn from now on
+            from .pool import PoolError
+
+            then, now = json.loads(meta["pool"]), self.pool.summary()
+            if then["fingerprint"] != now["fingerprint"]:
+                raise PoolError(
+                    f"pool {self.cfg.pool} changed since this run's checkpoint (networks "
+                    f"{then['indices']} then, {now['indices']} now, or their weight files "
+                    "differ); resume with the pool the run started with, or start a new run"
+                )
         if self.sampler is not None and self.sampler_opt is not None:
             state = {k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")}
             self.sampler.load_state_dict(state)

@@ -24,6 +24,7 @@ depth=manifest["depth"])`` (e.g. as a teacher for soft labels).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -383,11 +384,23 @@ class Pool:
     manifest: dict[str, Any]
     initial: list[dict[str, torch.Tensor]]
     final: list[dict[str, torch.Tensor]]
+    fingerprint: str = ""  # sha256 over the networks' indices and weight files
 
     def build(self) -> nn.Module:
         """A network of the pool's architecture (weights to be loaded)."""
         m = self.manifest
         return _build(m["model"], (m["channels"], m["num_classes"], m["image_size"]), m["depth"])
+
+    def summary(self) -> dict[str, Any]:
+        """What a set condensed with this pool records of it (its meta.json "pool")."""
+        nets = self.manifest["networks"]
+        return {
+            "networks": len(nets),
+            "indices": [n.get("index") for n in nets],
+            "epochs": [n.get("epochs") for n in nets],
+            "test_accuracy": [n.get("test_accuracy") for n in nets],
+            "fingerprint": self.fingerprint,
+        }
 
 
 def load_pool(
@@ -435,11 +448,14 @@ def load_pool(
         )
     pool = Pool(m, [], [])
     reference = pool.build().state_dict()
+    digest = hashlib.sha256()
     for entry in m["networks"]:
+        digest.update(f"network {entry.get('index')}\n".encode())
         for kind, target in (("init", pool.initial), ("final", pool.final)):
             path = folder / str(entry.get(kind, ""))
             try:
                 state = load_tensors(path)
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
             except Exception as exc:
                 raise PoolError(
                     f"pool network {entry.get('index')} of {folder}: {exc}; rerun `ddm pool` "
@@ -454,4 +470,4 @@ def load_pool(
                     f"(e.g. {bad[0]}); use another pool"
                 )
             target.append(state)
-    return pool
+    return dataclasses.replace(pool, fingerprint=digest.hexdigest())
