@@ -163,6 +163,21 @@ def _scores(table: dict, protocol: str, row: str, full: float) -> dict | None:
     }
 
 
+def _pools(args: argparse.Namespace) -> dict:
+    """{row: the pool its sets were matched with (their meta.json "pool")}, for the NCFM rows;
+    a row whose seeds used different pools is an error (its cells would mix them)."""
+    out: dict = {}
+    for folder in _finished(args):
+        row = folder.relative_to(args.out).parts[0]
+        meta = load_synthetic(folder).meta
+        if "pool" not in meta:
+            continue
+        pool = {**meta["pool"], "method": meta["method"]}
+        if out.setdefault(row, pool)["fingerprint"] != pool["fingerprint"]:
+            raise SystemExit(f"row {row}: its seeds were condensed with different pools")
+    return out
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     table = collect(args)
     full = load_teacher(args.teacher, None, "cpu").accuracy if args.teacher else None
@@ -189,6 +204,9 @@ def cmd_report(args: argparse.Namespace) -> None:
                 for n in manifest["networks"]
             ],
         }
+    pools = _pools(args)
+    if pools:
+        record["pools"] = pools
     lines = [f"full real data (teacher): {full} %" if full is not None else "", ""]
     for protocol in args.protocols:
         got = table.get(protocol, {})
@@ -245,6 +263,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         Path(args.results).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     if args.figure:
         _figure(record, args, Path(args.figure))
+    if args.pool_figure and pools:
+        _pool_figure(record, Path(args.pool_figure))
 
 
 def _figure(record: dict, args: argparse.Namespace, path: Path) -> None:
@@ -255,7 +275,7 @@ def _figure(record: dict, args: argparse.Namespace, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     protocols = [p for p in args.protocols if not p.endswith("-noaug") and p in record["protocols"]]
-    rows = [r for r in (args.rows or ROWS) if r not in ("random", args.base_row)]
+    rows = [r for r in (args.rows or ROWS) if r in ROWS and r not in ("random", args.base_row)]
     rows = [r for r in rows if any(r in record["protocols"][p] for p in protocols)]
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(rows), 3.2))
     width = 0.8 / max(len(protocols), 1)
@@ -281,6 +301,45 @@ def _figure(record: dict, args: argparse.Namespace, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _pool_figure(record: dict, path: Path) -> None:
+    """NCFM's accuracy against the number of pool networks, one line per pool training length
+    and recipe (hard labels; dots: the seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pools = {r: p for r, p in record["pools"].items() if p["method"] == "ncfm"}
+    protocols = [p for p in ("dm-hard", "ncfm-hard") if p in record["protocols"]]
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for protocol, marker in zip(protocols, "os", strict=False):
+        lengths = sorted({max(p["epochs"]) for p in pools.values()})
+        for epochs in lengths:
+            rows = sorted(
+                (p["networks"], r) for r, p in pools.items() if max(p["epochs"]) == epochs
+            )
+            cells = [(n, record["protocols"][protocol].get(r)) for n, r in rows]
+            cells = [(n, c) for n, c in cells if c]
+            if not cells:
+                continue
+            line = ax.plot(
+                [n for n, _ in cells],
+                [c["mean"] for _, c in cells],
+                marker=marker,
+                label=f"{protocol}, networks of {epochs} epoch{'s' if epochs > 1 else ''}",
+            )[0]
+            for n, c in cells:
+                seeds = list(c["seed_means"].values())
+                ax.scatter([n] * len(seeds), seeds, s=8, color=line.get_color(), alpha=0.5)
+    ax.set_xlabel("networks in the pool")
+    ax.set_xticks(sorted({p["networks"] for p in pools.values()}))
+    ax.set_ylabel("NCFM set's test accuracy %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("phase", choices=("evaluate", "report"))
@@ -300,6 +359,7 @@ def main() -> None:
     p.add_argument("--base-row", default="dm")
     p.add_argument("--results", default=None, help="path stem for .md and .json")
     p.add_argument("--figure", default=None)
+    p.add_argument("--pool-figure", default=None, help="NCFM accuracy against pool size")
     args = p.parse_args()
     # what evidence's folder selection reads
     args.all_snapshots, args.only_iterations = False, None

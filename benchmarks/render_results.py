@@ -558,14 +558,67 @@ PROTOCOL_PAIRS = [
     ("dm", "ncfm"),
 ]
 PROTOCOLS_COMMAND = (
-    "`ddm pool --dataset cifar10 --networks 3 --epochs 3 --precision bf16 --out runs/ev/pool` "
-    "(stopped after its first network), `python benchmarks/evidence.py condense --out "
-    "runs/ev/c10 --rows random dm ddm-paper ddm idm ddm-idm ncfm ddm-ncfm --seeds 0 1 "
-    "--iterations 200 --batch-real 64 --condense-precision bf16 --pool runs/ev/pool`, then "
-    "`python benchmarks/protocols.py evaluate --out runs/ev/c10 --teacher runs/ev/pool "
-    "--protocols dm-hard dm-soft ncfm-hard dm-hard-noaug --epochs 200 --runs 1 --precision "
-    "bf16` and the same with `report --results benchmarks/results/protocols_cifar10`"
+    "`ddm pool --dataset cifar10 --networks 3 --epochs 3 --precision bf16 --out runs/ev/pool`; "
+    "`runs/ev/pool1` and `runs/ev/pool2`, copies of it cut to its first one and two networks "
+    "(the networks' files and their entries of `pool.json`); `python benchmarks/evidence.py "
+    "condense --out runs/ev/c10 --rows random dm ddm-paper ddm idm ddm-idm ncfm ddm-ncfm "
+    "--seeds 0 1 --iterations 200 --batch-real 64 --condense-precision bf16 --pool "
+    "runs/ev/pool1`, then `python benchmarks/protocols.py evaluate --out runs/ev/c10 --teacher "
+    "runs/ev/pool --protocols dm-hard dm-soft ncfm-hard dm-hard-noaug --epochs 200 --runs 1 "
+    "--precision bf16` and the same with `report --results benchmarks/results/protocols_cifar10 "
+    "--figure docs/img/protocols_cifar10.png --pool-figure docs/img/ncfm_pool_cifar10.png`"
 )
+POOL_COMMAND = (
+    "`ddm pool --dataset cifar10 --networks 1 --epochs 1 --precision bf16 --out "
+    "runs/ev/pool-e1` for the one-epoch pool, and the rows `ncfm-e1=ncfm:pool=runs/ev/pool-e1`, "
+    "`ncfm-pool2=ncfm:pool=runs/ev/pool2` and `ncfm-pool3=ncfm:pool=runs/ev/pool` of "
+    "`evidence.py condense` and `protocols.py evaluate --protocols dm-hard ncfm-hard` at the "
+    "budget above"
+)
+
+
+def _pool_label(pool: dict) -> str:
+    n, epochs = pool["networks"], max(pool["epochs"])
+    return f"{n} network{'s' if n > 1 else ''} x {epochs} epoch{'s' if epochs > 1 else ''}"
+
+
+def _pool_section(d: dict) -> str:
+    """NCFM's accuracy against its pool's size and training length (the rows of method ncfm
+    that record their pool), each compared with the main NCFM row, paired by seed."""
+    pools = {r: p for r, p in d.get("pools", {}).items() if p["method"] == "ncfm"}
+    if len(pools) < 2 or "ncfm" not in pools:
+        return ""
+    order = sorted(pools, key=lambda r: (max(pools[r]["epochs"]), pools[r]["networks"]))
+    protocols = [p for p in ("dm-hard", "ncfm-hard") if p in d["protocols"]]
+    rows = []
+    for r in order:
+        cells = [_pool_label(pools[r]), ", ".join(_num(a) for a in pools[r]["test_accuracy"])]
+        for p in protocols:
+            c = d["protocols"][p].get(r)
+            cells.append(f"{_stat(c)} ({c['n']})" if c else "-")
+        for p in protocols:
+            got = _seed_paired(d["protocols"][p], "ncfm", r) if r != "ncfm" else None
+            cells.append(
+                f"{_signed(got[0])} ({', '.join(_signed(x) for x in got[1])})" if got else ""
+            )
+        rows.append(cells)
+    base = _pool_label(pools["ncfm"])
+    names = [PROTOCOL_NAMES[p].split(",")[0] for p in protocols]
+    return (
+        "\n## NCFM's pool: how many networks, trained how long\n\n"
+        "NCFM draws one pool network per iteration and interpolates its weights between "
+        "initialisation and the end of its training, so the pool decides which features the "
+        f"sets are matched in. The rows above use a pool of {base}; here NCFM runs at the same "
+        "budget, seeds and initial images with pools of other sizes and training lengths "
+        "(networks of the same seed: the first network of every pool is the same network, the "
+        "one-epoch pool holds it after its first epoch). Hard labels; the last columns give "
+        f"each pool's gain over {base}, paired by seed. Command: {POOL_COMMAND}.\n\n"
+        + _table(
+            ["pool", "networks' accuracy %", *names, *(f"{n}: vs {base}" for n in names)],
+            rows,
+        )
+        + "\n![NCFM's accuracy against the pool's size](../img/ncfm_pool_cifar10.png)\n"
+    )
 
 
 def _seed_paired(cells: dict, a: str, b: str) -> tuple[float, list[float]] | None:
@@ -646,8 +699,9 @@ def page_protocols() -> str:
         "[soft labels and scores](../guide/soft-labels.md)).\n\n"
         f"Budget: CIFAR-10, ipc 10; every set condensed 200 iterations x batch_real 64 in "
         f"bf16, condensation seeds {', '.join(seeds)} (the rows of a seed start from the same "
-        "real images, the random row). IDM's queue models: 5 SGD steps of 64 images. NCFM: "
-        "a pool of one ConvNet trained 3 epochs with NCFM's pretraining recipe in bf16, "
+        "real images, the random row). IDM's queue models: 5 SGD steps of 64 images. NCFM and "
+        "DDM on NCFM: a pool of one ConvNet trained 3 epochs with NCFM's pretraining recipe in "
+        "bf16 (other pools in the last sections), "
         "4,096 frequencies, AdamW on the images. Each set trained "
         f"{budget['epochs']} epochs x {budget['runs']} model per protocol ({budget['precision']}, "
         f"evaluation seed {budget['eval_seed']}); the teacher of the soft labels is the pool's "
@@ -686,6 +740,7 @@ def page_protocols() -> str:
                 score_rows,
             )
         )
+    text += _pool_section(d)
     if pool_rows:
         text += (
             "\n## The pool\n\n"

@@ -402,3 +402,70 @@ def test_evidence_with_held_out_images(tmp_path):
     assert "| random |" in held and "| dm |" in held
     plain = run("report", "--out", str(out), "--data-root", str(root), *budget)
     assert "| dm |" not in plain  # no test-split scores were made
+
+
+def _load_bench(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import each other
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+def test_protocols_report_names_each_rows_pool_and_the_page_pairs_pools(tmp_path):
+    """An NCFM row's pool is read from its sets (all seeds one pool, else an error), and the
+    results page orders pools by training length and size, each paired by seed with NCFM's row."""
+    import argparse
+
+    from ddm.io import SyntheticSet, save_synthetic
+
+    protocols = _load_bench("protocols")
+
+    def pool(n: int, epochs: int, fp: str) -> dict:
+        acc = [60.0 + i for i in range(n)]
+        return {"networks": n, "indices": list(range(n)), "epochs": [epochs] * n,
+                "test_accuracy": acc, "fingerprint": fp}  # fmt: skip
+
+    def put(row: str, seed: int, meta: dict) -> None:
+        syn = SyntheticSet(
+            torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), {"method": "ncfm", **meta}
+        )
+        (tmp_path / row / f"s{seed}" / "it5").mkdir(parents=True, exist_ok=True)
+        save_synthetic(tmp_path / row / f"s{seed}" / "it5", syn)
+
+    for seed in (0, 1):
+        put("ncfm", seed, {"pool": pool(1, 3, "a")})
+        put("ncfm-e1", seed, {"pool": pool(1, 1, "b")})
+        put("ncfm-pool3", seed, {"pool": pool(3, 3, "c")})
+        put("dm", seed, {"method": "dm"})
+    args = argparse.Namespace(out=tmp_path, rows=None, seeds=None)
+    args.all_snapshots, args.only_iterations = False, None
+    pools = protocols._pools(args)
+    assert sorted(pools) == ["ncfm", "ncfm-e1", "ncfm-pool3"]
+    assert pools["ncfm-pool3"]["networks"] == 3 and pools["ncfm"]["method"] == "ncfm"
+
+    render = _load_bench("render_results")
+    cell = lambda s0, s1: {"mean": (s0 + s1) / 2, "std": 0.5, "n": 2,  # noqa: E731
+                           "seed_means": {"0": s0, "1": s1}}  # fmt: skip
+    record = {
+        "pools": pools,
+        "protocols": {
+            "dm-hard": {"ncfm": cell(50, 52), "ncfm-e1": cell(47, 48), "ncfm-pool3": cell(53, 52)},
+        },
+    }
+    text = render._pool_section(record)
+    rows = [
+        line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 3 ")
+    ]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| 1 network x 1 epoch", "| 1 network x 3 epochs", "| 3 networks x 3 epochs"
+    ]  # fmt: skip
+    assert "-3.50 (-3.00, -4.00)" in rows[0] and "+1.50 (+3.00, +0.00)" in rows[2]
+    assert "60.00, 61.00, 62.00" in rows[2]
+
+    put("ncfm-pool3", 1, {"pool": pool(3, 3, "other")})  # a seed matched with another pool
+    with pytest.raises(SystemExit, match="ncfm-pool3: its seeds were condensed with different"):
+        protocols._pools(args)
