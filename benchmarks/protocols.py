@@ -326,7 +326,8 @@ def _pool_figure(record: dict, path: Path) -> None:
                 [n for n, _ in cells],
                 [c["mean"] for _, c in cells],
                 marker=marker,
-                label=f"{protocol}, networks of {epochs} epoch{'s' if epochs > 1 else ''}",
+                label=f"{protocol.split('-')[0]} recipe, networks trained {epochs} "
+                f"epoch{'s' if epochs > 1 else ''}",
             )[0]
             for n, c in cells:
                 seeds = list(c["seed_means"].values())
