@@ -312,8 +312,8 @@ def _pool_figure(record: dict, path: Path) -> None:
     pools = {r: p for r, p in record["pools"].items() if p["method"] == "ncfm"}
     protocols = [p for p in ("dm-hard", "ncfm-hard") if p in record["protocols"]]
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    lengths = sorted({max(p["epochs"]) for p in pools.values()})
     for protocol, marker in zip(protocols, "os", strict=False):
-        lengths = sorted({max(p["epochs"]) for p in pools.values()})
         for epochs in lengths:
             rows = sorted(
                 (p["networks"], r) for r, p in pools.items() if max(p["epochs"]) == epochs

@@ -588,6 +588,11 @@ POOL_READING = (
 )
 
 
+def _ncfm_pools(d: dict) -> dict:
+    """{row: its pool} for the rows of method ncfm (DDM on NCFM records its pool too)."""
+    return {r: p for r, p in d.get("pools", {}).items() if p["method"] == "ncfm"}
+
+
 def _pool_label(pool: dict) -> str:
     n, epochs = pool["networks"], max(pool["epochs"])
     return f"{n} network{'s' if n > 1 else ''} x {epochs} epoch{'s' if epochs > 1 else ''}"
@@ -596,7 +601,7 @@ def _pool_label(pool: dict) -> str:
 def _pool_section(d: dict) -> str:
     """NCFM's accuracy against its pool's size and training length (the rows of method ncfm
     that record their pool), each compared with the main NCFM row, paired by seed."""
-    pools = {r: p for r, p in d.get("pools", {}).items() if p["method"] == "ncfm"}
+    pools = _ncfm_pools(d)
     if len(pools) < 2 or "ncfm" not in pools:
         return ""
     order = sorted(pools, key=lambda r: (max(pools[r]["epochs"]), pools[r]["networks"]))
@@ -814,7 +819,7 @@ def _protocols_reading(d: dict) -> str:
             "to NCFM here; with the teacher's soft labels they add a little in both seeds. The "
             "published pool (20 networks x 60 epochs) and budget were not run."
         )
-    pools = {r: q for r, q in d.get("pools", {}).items() if q["method"] == "ncfm"}
+    pools = _ncfm_pools(d)
     if "ncfm" in pools and len(pools) > 1:
         base = pools["ncfm"]
         epochs = max(base["epochs"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -221,8 +222,6 @@ def test_same_seed_same_set_and_resume_matches_an_uninterrupted_run(pool, digits
 
 
 def test_the_set_records_its_pool_and_a_changed_pool_refuses_to_resume(pool, digits, tmp_path):
-    import shutil
-
     small = tmp_path / "pool1"  # the same folder, cut to its first network
     shutil.copytree(pool, small)
     manifest = json.loads((small / POOL_FILE).read_text())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 __all__ = [
     "SYNTHETIC_FILE",
@@ -130,13 +131,19 @@ def save_tensors(
     atomic_write_bytes(path, blob)
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never executes code); clear error if missing or corrupt."""
+def load_tensors(path: str | os.PathLike, digest: Any = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never executes code); clear error if missing or corrupt.
+    ``digest`` (a hashlib object): updated with the sha256 of the file's bytes, read once."""
     path = Path(path)
     if not path.is_file():
         raise RunFolderError(f"missing file {path}")
     try:
-        return load_file(str(path))
+        if digest is None:
+            return load_file(str(path))
+        data = path.read_bytes()
+        tensors = load(data)
+        digest.update(hashlib.sha256(data).digest())
+        return tensors
     except (SafetensorError, OSError, ValueError) as exc:
         raise RunFolderError(f"{path} is not a readable safetensors file ({exc})") from exc
 

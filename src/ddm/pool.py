@@ -454,8 +454,7 @@ def load_pool(
         for kind, target in (("init", pool.initial), ("final", pool.final)):
             path = folder / str(entry.get(kind, ""))
             try:
-                state = load_tensors(path)
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
+                state = load_tensors(path, digest)
             except Exception as exc:
                 raise PoolError(
                     f"pool network {entry.get('index')} of {folder}: {exc}; rerun `ddm pool` "
